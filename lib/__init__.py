@@ -1,0 +1,1 @@
+"""MIDeepSeg for MONAI Label: transforms, networks, infer and train tasks."""

@@ -1,0 +1,222 @@
+"""Relaxed bounding box of the margin points, crop + resize to the network grid, and its inverse.
+
+Conventions: images are channel-first ``(C, *spatial)``; points are ``(N, ndim)`` voxel
+indices; a box is a ``(2, ndim)`` int array ``[start, stop)`` in voxels of the original
+image. Resizing maps voxel centres (``align_corners=False``), so a point at index ``i``
+of a box of length ``L`` lands at ``(i - start + 0.5) * size / L - 0.5`` in the crop.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Resize
+
+from .validation import check_image, validate_points
+
+DEFAULT_MARGIN_RATIO = 0.1
+DEFAULT_MIN_MARGIN = 5.0
+
+
+def relaxed_box(
+    points: np.ndarray,
+    spatial_shape: Sequence[int],
+    spacing: Sequence[float] | None = None,
+    margin_ratio: float = DEFAULT_MARGIN_RATIO,
+    min_margin: float = DEFAULT_MIN_MARGIN,
+) -> np.ndarray:
+    """Bounding box of ``points`` expanded on every side and clipped to the image.
+
+    The margin along each axis is ``max(min_margin, margin_ratio * extent)`` in physical
+    units (mm when ``spacing`` is given, voxels otherwise), where ``extent`` is the
+    points' extent along that axis, so small and large objects get context in proportion.
+
+    Returns:
+        ``(2, ndim)`` int64 array ``[start, stop)``.
+    """
+    pts = np.asarray(points, dtype=np.int64)
+    shape = np.asarray(spatial_shape, dtype=np.int64)
+    if pts.ndim != 2 or len(pts) == 0:
+        raise ValueError("relaxed_box: at least one point is needed")
+    sp = np.ones(len(shape)) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    lo, hi = pts.min(0), pts.max(0)
+    extent = (hi - lo + 1) * sp
+    margin = np.ceil(np.maximum(min_margin, margin_ratio * extent) / sp).astype(np.int64)
+    start = np.clip(lo - margin, 0, shape)
+    stop = np.clip(hi + margin + 1, 0, shape)
+    return np.stack([start, stop])
+
+
+def box_slices(box: np.ndarray) -> tuple[slice, ...]:
+    """Spatial slices of a ``(2, ndim)`` box."""
+    return tuple(slice(int(a), int(b)) for a, b in zip(box[0], box[1]))
+
+
+def crop_spacing(box: np.ndarray, out_size: Sequence[int], spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Physical size of one voxel of the resized crop."""
+    sp = np.ones(box.shape[1]) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    return (box[1] - box[0]) * sp / np.asarray(out_size, dtype=np.float64)
+
+
+def crop_and_resize(image: np.ndarray, box: np.ndarray, out_size: Sequence[int], mode: str = "bilinear") -> np.ndarray:
+    """Crop a channel-first image to ``box`` and resize it to ``out_size``.
+
+    Args:
+        image: ``(C, *spatial)``.
+        mode: ``"bilinear"`` (``"trilinear"`` in 3D) for images and probabilities,
+            ``"nearest"`` for labels. Downsampling of images is anti-aliased.
+
+    Returns:
+        float32 ``(C, *out_size)``.
+    """
+    crop = np.asarray(image)[(slice(None),) + box_slices(box)].astype(np.float32)
+    return _resize(crop, out_size, mode)
+
+
+def restore_from_crop(
+    crop: np.ndarray, box: np.ndarray, spatial_shape: Sequence[int], mode: str = "bilinear", fill: float = 0.0
+) -> np.ndarray:
+    """Inverse of :func:`crop_and_resize`: resize a ``(C, *out_size)`` crop back to the box and
+    paste it into an array of the original ``spatial_shape`` filled with ``fill``.
+
+    Returns:
+        float32 ``(C, *spatial_shape)``.
+    """
+    crop = np.asarray(crop, dtype=np.float32)
+    size = tuple(int(v) for v in box[1] - box[0])
+    out = np.full((crop.shape[0],) + tuple(int(s) for s in spatial_shape), fill, dtype=np.float32)
+    out[(slice(None),) + box_slices(box)] = _resize(crop, size, mode)
+    return out
+
+
+def points_to_crop(points: np.ndarray, box: np.ndarray, out_size: Sequence[int]) -> np.ndarray:
+    """Map voxel indices of the original image to voxel indices of the resized crop.
+
+    Points outside the box are clipped to its edge. Returns ``(N, ndim)`` int64.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, box.shape[1])
+    size = np.asarray(out_size, dtype=np.float64)
+    scale = size / (box[1] - box[0])
+    mapped = np.rint((pts - box[0] + 0.5) * scale - 0.5)
+    return np.clip(mapped, 0, size - 1).astype(np.int64)
+
+
+def _resize(arr: np.ndarray, size: Sequence[int], mode: str) -> np.ndarray:
+    size = tuple(int(s) for s in size)
+    if tuple(arr.shape[1:]) == size:
+        return arr.astype(np.float32, copy=True)
+    spatial_dims = len(size)
+    if mode in ("bilinear", "trilinear", "linear"):
+        mode = "bilinear" if spatial_dims == 2 else "trilinear"
+    resize = Resize(size, mode=mode, anti_aliasing=mode != "nearest", dtype=torch.float32)
+    out = resize(torch.as_tensor(arr, dtype=torch.float32))
+    return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
+
+
+def spacing_of(data: Mapping, key: Hashable, spacing_key: Hashable = "spacing") -> np.ndarray:
+    """Voxel spacing of ``data[key]``: ``data[spacing_key]`` if present, else the MetaTensor's
+    ``pixdim``, else ones."""
+    img = data[key]
+    ndim = len(np.shape(img)) - 1
+    if spacing_key in data and data[spacing_key] is not None:
+        sp = np.asarray(data[spacing_key], dtype=np.float64).ravel()
+    elif hasattr(img, "pixdim"):
+        sp = np.asarray(img.pixdim, dtype=np.float64).ravel()
+    else:
+        sp = np.ones(ndim)
+    if len(sp) != ndim or np.any(sp <= 0):
+        raise ValueError(f"spacing {sp.tolist()} does not fit a {ndim}D image")
+    return sp
+
+
+class CropByMarginPointsd(MapTransform):
+    """Crop ``keys`` to the relaxed box of the margin points and resize them to ``spatial_size``.
+
+    Reads ``data[points_key]`` (``(N, ndim)`` voxel indices of the original image) and writes
+    ``data[box_key]`` (``(2, ndim)`` box), ``data["original_spatial_shape"]``,
+    ``data["crop_spacing"]`` (physical voxel size of the crop, mm or voxels) and, for every
+    key in ``point_keys`` present in the data, ``data[f"{key}_crop"]`` (the points in crop
+    voxel indices). Each of ``keys`` becomes ``(C, *spatial_size)`` float32.
+
+    Args:
+        keys: arrays to crop (e.g. ``("image", "label")``).
+        spatial_size: network input size, e.g. ``(64, 64)`` or ``(96, 96, 64)``.
+        mode: interpolation per key (``"bilinear"`` or ``"nearest"``).
+        min_points: the least number of margin points that defines a box.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int],
+        points_key: str = "margin_points",
+        point_keys: Sequence[str] = ("margin_points", "foreground", "background"),
+        mode: str | Sequence[str] = "bilinear",
+        box_key: str = "crop_box",
+        margin_ratio: float = DEFAULT_MARGIN_RATIO,
+        min_margin: float = DEFAULT_MIN_MARGIN,
+        min_points: int = 2,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        self.points_key = points_key
+        self.point_keys = tuple(point_keys)
+        self.mode = (mode,) * len(self.keys) if isinstance(mode, str) else tuple(mode)
+        self.box_key = box_key
+        self.margin_ratio = margin_ratio
+        self.min_margin = min_margin
+        self.min_points = min_points
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        first = self.first_key(d)
+        image = check_image(d[first], name=str(first), require_contrast=False)
+        shape = image.shape[1:]
+        if len(self.spatial_size) != len(shape):
+            raise ValueError(f"spatial_size {self.spatial_size} does not fit a {len(shape)}D image")
+        spacing = spacing_of(d, first)
+        points = validate_points(d.get(self.points_key), shape, self.points_key, min_count=self.min_points)
+        box = relaxed_box(points, shape, spacing, self.margin_ratio, self.min_margin)
+        for key, mode in self.key_iterator(d, self.mode):
+            d[key] = crop_and_resize(np.asarray(d[key]), box, self.spatial_size, mode)
+        for key in self.point_keys:
+            if key in d and d[key] is not None:
+                pts = validate_points(d[key], shape, key, allow_duplicates=True)
+                d[f"{key}_crop"] = points_to_crop(pts, box, self.spatial_size)
+        d[self.box_key] = box
+        d["original_spatial_shape"] = np.asarray(shape, dtype=np.int64)
+        d["crop_spacing"] = crop_spacing(box, self.spatial_size, spacing)
+        return d
+
+
+class RestoreFromCropd(MapTransform):
+    """Put crop-sized arrays (``(C, *spatial_size)``) back into the original image geometry,
+    using ``data[box_key]`` and ``data["original_spatial_shape"]`` written by
+    :class:`CropByMarginPointsd`. Voxels outside the box get ``fill``."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        box_key: str = "crop_box",
+        mode: str = "bilinear",
+        fill: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.box_key = box_key
+        self.mode = mode
+        self.fill = fill
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        box = np.asarray(d[self.box_key])
+        shape = np.asarray(d["original_spatial_shape"])
+        for key in self.key_iterator(d):
+            arr = d[key]
+            arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+            d[key] = restore_from_crop(arr, box, shape, self.mode, self.fill)
+        return d
