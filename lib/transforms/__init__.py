@@ -12,13 +12,14 @@ from .crop import CropByMarginPointsd, RestoreFromCropd
 from .egd import AddEGDCued
 from .fusion import InformationFusiond
 from .graph_cut import GraphCutd
-from .margin_points import SimulateMarginPointsd
+from .margin_points import ExtremeMarginPointsd, SimulateMarginPointsd
 from .robot_user import AddCorrectiveClickd
 
 __all__ = [
     "AddCorrectiveClickd",
     "AddEGDCued",
     "CropByMarginPointsd",
+    "ExtremeMarginPointsd",
     "GraphCutd",
     "InformationFusiond",
     "RestoreFromCropd",

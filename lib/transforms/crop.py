@@ -111,7 +111,9 @@ def _resize(arr: np.ndarray, size: Sequence[int], mode: str) -> np.ndarray:
     spatial_dims = len(size)
     if mode in ("bilinear", "trilinear", "linear"):
         mode = "bilinear" if spatial_dims == 2 else "trilinear"
-    resize = Resize(size, mode=mode, anti_aliasing=mode != "nearest", dtype=torch.float32)
+    elif mode == "nearest":
+        mode = "nearest-exact"  # voxel-centre aligned; torch's "nearest" shifts by up to half a voxel
+    resize = Resize(size, mode=mode, anti_aliasing=mode != "nearest-exact", dtype=torch.float32)
     out = resize(torch.as_tensor(arr, dtype=torch.float32))
     return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
 
@@ -124,7 +126,8 @@ def spacing_of(data: Mapping, key: Hashable, spacing_key: Hashable = "spacing") 
     if spacing_key in data and data[spacing_key] is not None:
         sp = np.asarray(data[spacing_key], dtype=np.float64).ravel()
     elif hasattr(img, "pixdim"):
-        sp = np.asarray(img.pixdim, dtype=np.float64).ravel()
+        # MONAI keeps a 3D affine for 2D images: the first ndim entries are the spatial ones.
+        sp = np.asarray(img.pixdim, dtype=np.float64).ravel()[:ndim]
     else:
         sp = np.ones(ndim)
     if len(sp) != ndim or np.any(sp <= 0):

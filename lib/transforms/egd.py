@@ -30,7 +30,7 @@ import GeodisTK
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
-from monai.utils import convert_to_numpy
+from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from .validation import points_to_mask, validate_points
 
@@ -118,5 +118,5 @@ class AddEGDCued(MapTransform):
         for key in self.key_iterator(d):
             image = convert_to_numpy(d[key])[0]
             cue = exponentialized_geodesic_distance(image, d[self.points_key], self.iterations)
-            d[self.cue_key] = cue[None]
+            d[self.cue_key] = convert_to_dst_type(cue[None], d[key], dtype=np.float32)[0]
         return d

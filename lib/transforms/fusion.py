@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from .egd import geodesic_distance
+from .validation import as_points
 
 ABSENT_DISTANCE = float("inf")
 
@@ -66,8 +67,8 @@ def click_distances(
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Geodesic distance maps ``(D^f, D^b)`` of the clicks on ``image`` (spatial, no channel);
     ``None`` for a kind without clicks."""
-    fg = np.asarray(foreground).reshape(-1, image.ndim)
-    bg = np.asarray(background).reshape(-1, image.ndim)
+    fg = as_points(foreground, image.ndim, "foreground clicks")
+    bg = as_points(background, image.ndim, "background clicks")
     d_fg = geodesic_distance(image, fg) if len(fg) else None
     d_bg = geodesic_distance(image, bg) if len(bg) else None
     return d_fg, d_bg
@@ -100,9 +101,7 @@ class InformationFusiond(MapTransform):
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         image = convert_to_numpy(d[self.image_key])[0]
-        fg = np.asarray(d.get(self.foreground_key, []), dtype=np.int64).reshape(-1, image.ndim)
-        bg = np.asarray(d.get(self.background_key, []), dtype=np.int64).reshape(-1, image.ndim)
-        d_fg, d_bg = click_distances(image, fg, bg)
+        d_fg, d_bg = click_distances(image, d.get(self.foreground_key), d.get(self.background_key))
         for key in self.key_iterator(d):
             prob = convert_to_numpy(d[key])
             p_fg = prob[-1]

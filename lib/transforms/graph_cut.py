@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from .intensity import unit_range
+from .validation import validate_points
 
 DEFAULT_LAMDA = 5.0
 DEFAULT_SIGMA = 0.1
@@ -76,16 +77,20 @@ def graph_cut(
     if lamda < 0 or sigma <= 0:
         raise ValueError(f"graph_cut: need lamda >= 0 and sigma > 0 (got lamda={lamda}, sigma={sigma})")
     ndim = img.ndim
+    if ndim not in (2, 3):
+        raise ValueError(f"graph_cut: expected a 2D or 3D spatial array, got shape {img.shape}")
     sp = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     conn = connectivity or DEFAULT_CONNECTIVITY[ndim]
+    offsets = neighbour_offsets(ndim, conn)  # checks the connectivity even when lamda == 0
 
     prob = np.clip(prob, _EPS, 1.0 - _EPS)
     cost_fg = -np.log(prob)  # paid when the voxel is labelled foreground
     cost_bg = -np.log1p(-prob)  # paid when labelled background
-    for pts, label in ((foreground, 1), (background, 0)):
-        if pts is None or len(np.asarray(pts).reshape(-1)) == 0:
+    for pts, label, name in ((foreground, 1, "foreground clicks"), (background, 0, "background clicks")):
+        pts = validate_points(pts, img.shape, name, allow_duplicates=True)
+        if len(pts) == 0:
             continue
-        idx = tuple(np.asarray(pts, dtype=np.int64).reshape(-1, ndim).T)
+        idx = tuple(pts.T)
         cost_fg[idx] = 0.0 if label else _HARD
         cost_bg[idx] = _HARD if label else 0.0
 
@@ -94,7 +99,7 @@ def graph_cut(
     if lamda > 0:
         intensity = unit_range(img).astype(np.float64)
         padded = np.pad(intensity, 1, mode="edge")
-        for off in neighbour_offsets(ndim, conn):
+        for off in offsets:
             shifted = padded[tuple(slice(1 + o, 1 + o + n) for o, n in zip(off, img.shape))]
             dist = float(np.sqrt(np.sum((np.asarray(off) * sp) ** 2)))
             weights = lamda * np.exp(-((intensity - shifted) ** 2) / (2.0 * sigma**2)) / dist

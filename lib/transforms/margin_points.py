@@ -225,3 +225,25 @@ class SimulateMarginPointsd(Randomizable, MapTransform):
                 label[0], self.R, spacing, self.depth_range, self.max_random, self.margin_ratio, self.min_margin
             )
         return d
+
+
+class ExtremeMarginPointsd(MapTransform):
+    """Deterministic margin points (:func:`extreme_margin_points`) from the label in ``keys``
+    (``(1, *spatial)``), stored as ``data[points_key]``; for validation and benchmarks."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        points_key: str = "margin_points",
+        spacing_key: str = "spacing",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.points_key = points_key
+        self.spacing_key = spacing_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.points_key] = extreme_margin_points(convert_to_numpy(d[key])[0], spacing_of(d, key, self.spacing_key))
+        return d

@@ -1,0 +1,252 @@
+"""Dice-loss training of the MIDeepSeg networks as a MONAI Label train task.
+
+Pipeline per sample, re-drawn every epoch: load -> crop to the object with context (cached)
+-> spatial augmentation (rotation, scaling, flips) -> simulated interior margin points ->
+relaxed-box crop resized to the network grid -> z-score -> intensity augmentation (gamma,
+noise, blur, inversion) -> EGD cue -> U-Net -> Dice loss. Validation uses deterministic
+extreme margin points and reports Dice on the network grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+from ignite.contrib.handlers import ProgressBar
+from monai.handlers import LrScheduleHandler
+from monai.inferers import SimpleInferer
+from monai.losses import DiceLoss
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandRotated,
+    RandScaleIntensityd,
+    RandZoomd,
+    SelectItemsd,
+)
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+
+from lib.trainers.handlers import AtomicPublisher, LearningCurves
+from lib.transforms.margin_points import ExtremeMarginPointsd, SimulateMarginPointsd
+from lib.transforms.stage1 import crop_transforms, cue_transforms
+
+logger = logging.getLogger(__name__)
+
+# Context kept around the object before augmentation (voxels); must exceed the relaxed-box
+# margin plus the inward move of the margin points.
+OBJECT_CONTEXT = {2: 48, 3: 24}
+
+
+def halving_schedule(max_epochs: int) -> callable:
+    """The paper's learning-rate schedule scaled to ``max_epochs``: constant for the first
+    half, then halved every tenth of the run (2D: 150 of 300 epochs, then every 30)."""
+    keep = max_epochs // 2
+    step = max(1, max_epochs // 10)
+
+    def factor(epoch: int) -> float:
+        return 1.0 if epoch < keep else 0.5 ** ((epoch - keep) // step + 1)
+
+    return factor
+
+
+def group_partition(
+    datalist: Sequence[dict], val_fraction: float, pattern: str, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Split a datalist by subject: items whose image file name gives the same ``pattern``
+    match (first group) land on the same side. Deterministic for a given ``seed``."""
+    regex = re.compile(pattern)
+
+    def subject(item: dict) -> str:
+        name = os.path.basename(str(item["image"]))
+        m = regex.search(name)
+        return m.group(1) if m and m.groups() else (m.group(0) if m else name)
+
+    groups = sorted({subject(d) for d in datalist})
+    rng = np.random.RandomState(seed)
+    n_val = int(round(val_fraction * len(groups)))
+    if val_fraction > 0 and len(groups) > 1:
+        n_val = min(max(n_val, 1), len(groups) - 1)
+    val_groups = set(rng.permutation(groups)[:n_val].tolist())
+    train = [d for d in datalist if subject(d) not in val_groups]
+    val = [d for d in datalist if subject(d) in val_groups]
+    return train, val
+
+
+class MIDeepSegTrain(BasicTrainTask):
+    """Train the 2D or 3D MIDeepSeg U-Net on the datastore's final labels (object = label > 0).
+
+    Args:
+        model_dir: where runs and checkpoints go.
+        network: the U-Net (``lib.networks.midepseg_unet``).
+        spatial_dims: 2 or 3.
+        spatial_size: network input grid, e.g. ``(64, 64)`` or ``(96, 96, 64)``.
+        publish_path: the model file the infer task reads; the best checkpoint is published
+            there atomically as ``{"model": state_dict}``.
+        lr: Adam learning rate (weight decay 1e-4).
+        subject_pattern: regex on image file names whose first group names the subject,
+            so that validation holds out whole subjects.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        network: torch.nn.Module,
+        spatial_dims: int,
+        spatial_size: Sequence[int],
+        publish_path: str,
+        description: str = "Train MIDeepSeg on simulated interior margin points with a Dice loss",
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        subject_pattern: str = r"^(.*?)(?:\.nii\.gz|\.nii|\.nrrd|\.png|\.jpg)?$",
+        config: dict | None = None,
+        **kwargs,
+    ) -> None:
+        self._network = network
+        self.spatial_dims = spatial_dims
+        self.spatial_size = tuple(spatial_size)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.subject_pattern = subject_pattern
+        self._final_publish_path = publish_path
+        defaults = {
+            "max_epochs": 50,
+            "train_batch_size": 4 if spatial_dims == 2 else 2,
+            "val_batch_size": 1,
+            "val_split": 0.2,
+            "dataset": "CacheDataset",
+            "dataloader": "ThreadDataLoader",
+            "multi_gpu": False,
+            "tracking": "None",  # no MLflow store: runs log to files and the console
+            "seed": 0,
+        }
+        defaults.update(config or {})
+        kwargs.setdefault("amp", torch.cuda.is_available())
+        # Publishing is done by AtomicPublisher (MONAI Label's copies the file in place).
+        super().__init__(
+            model_dir,
+            description,
+            config=defaults,
+            load_path=publish_path,
+            publish_path=None,
+            disable_meta_tracking=False,
+            **kwargs,
+        )
+
+    def network(self, context: Context) -> torch.nn.Module:
+        return self._network
+
+    def optimizer(self, context: Context) -> torch.optim.Optimizer:
+        return torch.optim.Adam(context.network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def loss_function(self, context: Context) -> DiceLoss:
+        return DiceLoss(to_onehot_y=True, softmax=True)
+
+    def lr_scheduler_handler(self, context: Context) -> LrScheduleHandler:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(context.optimizer, halving_schedule(context.max_epochs))
+        return LrScheduleHandler(lr_scheduler=scheduler, print_lr=False)
+
+    def partition_datalist(self, context: Context, shuffle: bool = False):
+        if context.request.get("val_ds") or context.request.get("train_ds"):
+            return super().partition_datalist(context, shuffle)
+        return group_partition(
+            context.datalist, float(context.request.get("val_split", 0.0)), self.subject_pattern,
+            int(context.request.get("seed", 0)),
+        )
+
+    def _load_transforms(self) -> list:
+        return [
+            LoadImaged(keys=["image", "label"]),
+            EnsureChannelFirstd(keys=["image", "label"]),
+            AsDiscreted(keys="label", threshold=0.5),
+            CropForegroundd(
+                keys=["image", "label"], source_key="label", margin=OBJECT_CONTEXT[self.spatial_dims], allow_smaller=True
+            ),
+            EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=True),
+        ]
+
+    def _output_transforms(self) -> list:
+        return [
+            AsDiscreted(keys="label", threshold=0.5),
+            SelectItemsd(keys=["image", "label"]),
+            EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
+        ]
+
+    def train_pre_transforms(self, context: Context) -> list:
+        keys = ["image", "label"]
+        dims = self.spatial_dims
+        angle = math.pi / 12
+        spatial_aug = [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(dims)] + [
+            RandRotated(
+                keys=keys,
+                range_x=angle,
+                range_y=angle if dims == 3 else 0.0,
+                range_z=angle if dims == 3 else 0.0,
+                prob=0.5,
+                mode=("bilinear", "nearest"),
+                keep_size=True,
+            ),
+            RandZoomd(keys=keys, min_zoom=0.85, max_zoom=1.15, prob=0.5, mode=("bilinear", "nearest"), keep_size=True),
+        ]
+        intensity_aug = [
+            RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3),
+            RandGaussianNoised(keys="image", std=0.1, prob=0.2),
+            RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=0.2),
+            # Intensity flip: scale by 1 + (-2) = -1 (the crop is already z-scored).
+            RandScaleIntensityd(keys="image", factors=(-2.0, -2.0), prob=0.2),
+        ]
+        return (
+            self._load_transforms()
+            + spatial_aug
+            + [AsDiscreted(keys="label", threshold=0.5), SimulateMarginPointsd(keys="label")]
+            + crop_transforms(self.spatial_size, keys=keys, modes=("bilinear", "nearest"))
+            + intensity_aug
+            + cue_transforms()
+            + self._output_transforms()
+        )
+
+    def val_pre_transforms(self, context: Context) -> list:
+        return (
+            self._load_transforms()
+            + [ExtremeMarginPointsd(keys="label")]
+            + crop_transforms(self.spatial_size, keys=["image", "label"], modes=("bilinear", "nearest"))
+            + cue_transforms()
+            + self._output_transforms()
+        )
+
+    def train_post_transforms(self, context: Context) -> list:
+        return [
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(2, 2)),
+        ]
+
+    def val_inferer(self, context: Context) -> SimpleInferer:
+        return SimpleInferer()
+
+    def train_handlers(self, context: Context) -> list:
+        handlers = super().train_handlers(context)
+        if context.local_rank == 0:
+            handlers.append(ProgressBar(persist=False))
+        return handlers
+
+    def finalize(self, context: Context) -> None:
+        super().finalize(context)
+        if context.local_rank != 0:
+            return
+        seed = int(context.request.get("seed", 0))
+        context.trainer.data_loader.dataset.transform.set_random_state(seed=seed)
+        LearningCurves(context.output_dir, self.VAL_METRIC_MEAN_DICE).attach(context.trainer, context.evaluator)
+        publisher = AtomicPublisher(os.path.join(context.output_dir, self._key_metric_filename), self._final_publish_path)
+        publisher.attach(context.evaluator if context.evaluator else context.trainer)

@@ -1,0 +1,107 @@
+"""Train a MIDeepSeg network from the command line on a folder of images + labels, with
+the same :class:`MIDeepSegTrain` task the server runs on ``POST /train/{model}``.
+
+    python -m lib.trainers.train_cli --dim 2 --images DIR --labels DIR \\
+        --output apps/midepseg/model/midepseg_2d.pt --epochs 60
+
+Labels must have the image's file name; any label value > 0 is the object. The folder pair
+is presented to MONAI Label's ``LocalDatastore`` through symbolic links in ``--work-dir``,
+so the source folders stay read-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from monailabel.datastore.local import LocalDatastore
+
+from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
+from lib.trainers.midepseg_train import MIDeepSegTrain
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".nii.gz", ".nii", ".nrrd")
+
+
+def link_datastore(images: Path, labels: Path, root: Path) -> LocalDatastore:
+    """A LocalDatastore in ``root`` whose images and final labels link to the given folders."""
+    final = root / "labels" / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for image in sorted(images.iterdir()):
+        if not image.name.endswith(IMAGE_SUFFIXES):
+            continue
+        label = labels / image.name
+        if not label.exists():
+            logger.warning("no label for %s, skipped", image.name)
+            continue
+        for src, dst in ((image, root / image.name), (label, final / image.name)):
+            if not dst.exists():
+                dst.symlink_to(src.resolve())
+        count += 1
+    if count == 0:
+        raise ValueError(f"no image in {images} has a label of the same name in {labels}")
+    extensions = tuple(f"*{s}" for s in IMAGE_SUFFIXES)
+    return LocalDatastore(str(root), extensions=extensions, auto_reload=False)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dim", type=int, choices=(2, 3), required=True)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--labels", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True, help="published model file")
+    parser.add_argument("--work-dir", type=Path, default=None, help="runs, checkpoints, curves (default: beside --output)")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--subject-pattern", default=r"^(.*?)(?:\.nii\.gz|\.nii|\.nrrd|\.png|\.jpg)?$")
+    parser.add_argument("--spatial-size", type=int, nargs="+", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--from-scratch", action="store_true", help="ignore an existing published model")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    work = args.work_dir or args.output.parent / f"train_{args.output.stem}"
+    work.mkdir(parents=True, exist_ok=True)
+    datastore = link_datastore(args.images, args.labels, work / "datastore")
+    spatial_size = tuple(args.spatial_size) if args.spatial_size else DEFAULT_SPATIAL_SIZE[args.dim]
+    task = MIDeepSegTrain(
+        model_dir=str(work / "runs"),
+        network=midepseg_unet(args.dim),
+        spatial_dims=args.dim,
+        spatial_size=spatial_size,
+        publish_path=str(args.output),
+        lr=args.lr,
+        subject_pattern=args.subject_pattern,
+    )
+    request = {
+        "name": "cli",
+        "max_epochs": args.epochs,
+        "val_split": args.val_fraction,
+        "pretrained": not args.from_scratch,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "seed": args.seed,
+    }
+    if args.batch_size:
+        request["train_batch_size"] = args.batch_size
+    start = time.time()
+    stats = task(request, datastore)
+    stats["wall_time_s"] = round(time.time() - start, 1)
+    logger.info("training done in %.0f s: %s", stats["wall_time_s"], json.dumps(stats, default=str)[:2000])
+    return stats
+
+
+if __name__ == "__main__":
+    main()
