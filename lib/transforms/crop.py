@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Resize
+from monai.utils import convert_to_numpy
 
 from .validation import check_image, validate_points
 
@@ -104,6 +105,20 @@ def points_to_crop(points: np.ndarray, box: np.ndarray, out_size: Sequence[int])
     return np.clip(mapped, 0, size - 1).astype(np.int64)
 
 
+def work_grid_size(box: np.ndarray, max_voxels: int) -> tuple[int, ...]:
+    """Size of the box at original resolution, shrunk uniformly so it holds at most
+    ``max_voxels`` voxels (never enlarged)."""
+    size = (box[1] - box[0]).astype(np.float64)
+    scale = min(1.0, (max_voxels / float(np.prod(size))) ** (1.0 / len(size)))
+    return tuple(max(1, int(round(s * scale))) for s in size)
+
+
+def resample(arr: np.ndarray, size: Sequence[int], mode: str = "bilinear") -> np.ndarray:
+    """Resize a channel-first ``(C, *spatial)`` array to ``size`` (voxel centres aligned,
+    anti-aliased when shrinking, ``mode`` as in :func:`crop_and_resize`)."""
+    return _resize(np.asarray(arr, dtype=np.float32), size, mode)
+
+
 def _resize(arr: np.ndarray, size: Sequence[int], mode: str) -> np.ndarray:
     size = tuple(int(s) for s in size)
     if tuple(arr.shape[1:]) == size:
@@ -136,17 +151,20 @@ def spacing_of(data: Mapping, key: Hashable, spacing_key: Hashable = "spacing") 
 
 
 class CropByMarginPointsd(MapTransform):
-    """Crop ``keys`` to the relaxed box of the margin points and resize them to ``spatial_size``.
+    """Crop ``keys`` to the relaxed box of the margin points and resize them.
 
-    Reads ``data[points_key]`` (``(N, ndim)`` voxel indices of the original image) and writes
-    ``data[box_key]`` (``(2, ndim)`` box), ``data["original_spatial_shape"]``,
-    ``data["crop_spacing"]`` (physical voxel size of the crop, mm or voxels) and, for every
-    key in ``point_keys`` present in the data, ``data[f"{key}_crop"]`` (the points in crop
-    voxel indices). Each of ``keys`` becomes ``(C, *spatial_size)`` float32.
+    Reads ``data[points_key]`` (``(N, ndim)`` voxel indices of the original image). Writes,
+    with ``prefix`` (default ``"crop"``): ``data[f"{prefix}_box"]`` (``(2, ndim)`` box),
+    ``data[f"{prefix}_original_shape"]``, ``data[f"{prefix}_spacing"]`` (physical voxel size
+    of the crop, mm or voxels) and, for every key in ``point_keys`` present in the data,
+    ``data[f"{key}_{prefix}"]`` (the points in crop voxel indices). Each of ``keys`` becomes
+    ``(C, *size)`` float32, where ``size`` is ``spatial_size`` or, when that is ``None``, the
+    box at original resolution shrunk to at most ``max_voxels`` voxels.
 
     Args:
         keys: arrays to crop (e.g. ``("image", "label")``).
-        spatial_size: network input size, e.g. ``(64, 64)`` or ``(96, 96, 64)``.
+        spatial_size: network input size, e.g. ``(64, 64)`` or ``(96, 96, 64)``, or ``None``.
+        max_voxels: voxel budget of the crop when ``spatial_size`` is ``None``.
         mode: interpolation per key (``"bilinear"`` or ``"nearest"``).
         min_points: the least number of margin points that defines a box.
     """
@@ -154,22 +172,26 @@ class CropByMarginPointsd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        spatial_size: Sequence[int],
+        spatial_size: Sequence[int] | None,
         points_key: str = "margin_points",
         point_keys: Sequence[str] = ("margin_points", "foreground", "background"),
         mode: str | Sequence[str] = "bilinear",
-        box_key: str = "crop_box",
+        prefix: str = "crop",
+        max_voxels: int | None = None,
         margin_ratio: float = DEFAULT_MARGIN_RATIO,
         min_margin: float = DEFAULT_MIN_MARGIN,
         min_points: int = 2,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.spatial_size = tuple(int(s) for s in spatial_size)
+        if spatial_size is None and not max_voxels:
+            raise ValueError("CropByMarginPointsd: give spatial_size or max_voxels")
+        self.spatial_size = None if spatial_size is None else tuple(int(s) for s in spatial_size)
+        self.max_voxels = max_voxels
         self.points_key = points_key
         self.point_keys = tuple(point_keys)
         self.mode = (mode,) * len(self.keys) if isinstance(mode, str) else tuple(mode)
-        self.box_key = box_key
+        self.prefix = prefix
         self.margin_ratio = margin_ratio
         self.min_margin = min_margin
         self.min_points = min_points
@@ -179,47 +201,46 @@ class CropByMarginPointsd(MapTransform):
         first = self.first_key(d)
         image = check_image(d[first], name=str(first), require_contrast=False)
         shape = image.shape[1:]
-        if len(self.spatial_size) != len(shape):
+        if self.spatial_size is not None and len(self.spatial_size) != len(shape):
             raise ValueError(f"spatial_size {self.spatial_size} does not fit a {len(shape)}D image")
         spacing = spacing_of(d, first)
         points = validate_points(d.get(self.points_key), shape, self.points_key, min_count=self.min_points)
         box = relaxed_box(points, shape, spacing, self.margin_ratio, self.min_margin)
+        size = self.spatial_size or work_grid_size(box, int(self.max_voxels))
         for key, mode in self.key_iterator(d, self.mode):
-            d[key] = crop_and_resize(np.asarray(d[key]), box, self.spatial_size, mode)
+            d[key] = crop_and_resize(convert_to_numpy(d[key]), box, size, mode)
         for key in self.point_keys:
             if key in d and d[key] is not None:
                 pts = validate_points(d[key], shape, key, allow_duplicates=True)
-                d[f"{key}_crop"] = points_to_crop(pts, box, self.spatial_size)
-        d[self.box_key] = box
-        d["original_spatial_shape"] = np.asarray(shape, dtype=np.int64)
-        d["crop_spacing"] = crop_spacing(box, self.spatial_size, spacing)
+                d[f"{key}_{self.prefix}"] = points_to_crop(pts, box, size)
+        d[f"{self.prefix}_box"] = box
+        d[f"{self.prefix}_original_shape"] = np.asarray(shape, dtype=np.int64)
+        d[f"{self.prefix}_spacing"] = crop_spacing(box, size, spacing)
         return d
 
 
 class RestoreFromCropd(MapTransform):
-    """Put crop-sized arrays (``(C, *spatial_size)``) back into the original image geometry,
-    using ``data[box_key]`` and ``data["original_spatial_shape"]`` written by
+    """Put crop-sized arrays (``(C, *size)``) back into the original image geometry, using
+    ``data[f"{prefix}_box"]`` and ``data[f"{prefix}_original_shape"]`` written by
     :class:`CropByMarginPointsd`. Voxels outside the box get ``fill``."""
 
     def __init__(
         self,
         keys: KeysCollection,
-        box_key: str = "crop_box",
+        prefix: str = "crop",
         mode: str = "bilinear",
         fill: float = 0.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.box_key = box_key
+        self.prefix = prefix
         self.mode = mode
         self.fill = fill
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        box = np.asarray(d[self.box_key])
-        shape = np.asarray(d["original_spatial_shape"])
+        box = np.asarray(d[f"{self.prefix}_box"])
+        shape = np.asarray(d[f"{self.prefix}_original_shape"])
         for key in self.key_iterator(d):
-            arr = d[key]
-            arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
-            d[key] = restore_from_crop(arr, box, shape, self.mode, self.fill)
+            d[key] = restore_from_crop(convert_to_numpy(d[key]), box, shape, self.mode, self.fill)
         return d

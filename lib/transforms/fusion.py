@@ -74,19 +74,28 @@ def click_distances(
     return d_fg, d_bg
 
 
+def stacked_points(data: Mapping, keys: tuple[str, ...], ndim: int) -> np.ndarray:
+    """The ``(N, ndim)`` int64 concatenation of the point lists ``data[k]`` (missing = empty)."""
+    parts = [np.asarray(data.get(k, []) if data.get(k) is not None else [], dtype=np.int64).reshape(-1, ndim) for k in keys]
+    return np.concatenate(parts) if parts else np.zeros((0, ndim), dtype=np.int64)
+
+
 class InformationFusiond(MapTransform):
-    """Replace the CNN foreground probability in ``keys`` with the fused ``R^f``.
+    """Replace the CNN foreground probability in ``keys`` with the fused ``R^f`` (refinement stage).
 
     ``data[key]`` is ``(2, *spatial)`` softmax (channel 1 = foreground) or ``(1, *spatial)``
-    foreground probability; it becomes ``(1, *spatial)`` float32 ``R^f``. Clicks are read
-    from ``data[foreground_key]``/``data[background_key]`` (``(N, ndim)`` voxel indices of the
-    same grid) and the image from ``data[image_key]`` (``(C, *spatial)``, first channel used).
+    foreground probability; it becomes ``(1, *spatial)`` float32. Foreground clicks are the
+    margin points ``data[margin_key]`` plus the refinement clicks ``data[foreground_key]``,
+    background clicks ``data[background_key]`` (all ``(N, ndim)`` voxel indices of the same
+    grid as the image ``data[image_key]``, ``(C, *spatial)``, first channel used). Without
+    any refinement click (stage 1) the probability passes through unchanged.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
         image_key: str = "image",
+        margin_key: str = "margin_points",
         foreground_key: str = "foreground",
         background_key: str = "background",
         absent_distance: float = ABSENT_DISTANCE,
@@ -94,6 +103,7 @@ class InformationFusiond(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
+        self.margin_key = margin_key
         self.foreground_key = foreground_key
         self.background_key = background_key
         self.absent_distance = absent_distance
@@ -101,9 +111,13 @@ class InformationFusiond(MapTransform):
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         image = convert_to_numpy(d[self.image_key])[0]
-        d_fg, d_bg = click_distances(image, d.get(self.foreground_key), d.get(self.background_key))
+        refinement_fg = stacked_points(d, (self.foreground_key,), image.ndim)
+        bg = stacked_points(d, (self.background_key,), image.ndim)
+        refine = len(refinement_fg) + len(bg) > 0
+        if refine:
+            fg = stacked_points(d, (self.margin_key, self.foreground_key), image.ndim)
+            d_fg, d_bg = click_distances(image, fg, bg)
         for key in self.key_iterator(d):
-            prob = convert_to_numpy(d[key])
-            p_fg = prob[-1]
-            d[key] = fuse_probability(p_fg, d_fg, d_bg, self.absent_distance)[None]
+            p_fg = convert_to_numpy(d[key])[-1].astype(np.float32)
+            d[key] = (fuse_probability(p_fg, d_fg, d_bg, self.absent_distance) if refine else p_fg)[None]
         return d

@@ -22,6 +22,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
+from .fusion import stacked_points
 from .intensity import unit_range
 from .validation import validate_points
 
@@ -116,15 +117,17 @@ class GraphCutd(MapTransform):
     """Turn the fused foreground probability in ``keys`` (``(1, *spatial)`` or ``(2, *spatial)``,
     last channel = foreground) into a ``(1, *spatial)`` uint8 mask by :func:`graph_cut`.
 
-    Reads the image from ``data[image_key]`` (first channel), clicks from
-    ``data[foreground_key]``/``data[background_key]``, and ``lamda``/``sigma`` from the data
-    when present (per-request overrides), else the defaults given here.
+    Reads the image from ``data[image_key]`` (first channel); hard foreground = margin points
+    ``data[margin_key]`` + ``data[foreground_key]``, hard background = ``data[background_key]``;
+    ``lamda``/``sigma`` from the data when present (per-request overrides), else the defaults
+    given here.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
         image_key: str = "image",
+        margin_key: str = "margin_points",
         foreground_key: str = "foreground",
         background_key: str = "background",
         spacing_key: str = "spacing",
@@ -135,6 +138,7 @@ class GraphCutd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
+        self.margin_key = margin_key
         self.foreground_key = foreground_key
         self.background_key = background_key
         self.spacing_key = spacing_key
@@ -147,13 +151,15 @@ class GraphCutd(MapTransform):
         image = convert_to_numpy(d[self.image_key])[0]
         lamda = float(d.get("lamda", self.lamda))
         sigma = float(d.get("sigma", self.sigma))
+        fg = stacked_points(d, (self.margin_key, self.foreground_key), image.ndim)
+        bg = stacked_points(d, (self.background_key,), image.ndim)
         for key in self.key_iterator(d):
             prob = convert_to_numpy(d[key])[-1]
             mask = graph_cut(
                 image,
                 prob,
-                d.get(self.foreground_key),
-                d.get(self.background_key),
+                fg,
+                bg,
                 lamda,
                 sigma,
                 d.get(self.spacing_key),

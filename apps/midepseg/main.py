@@ -1,0 +1,68 @@
+"""MONAI Label app serving MIDeepSeg (2D and 3D) to 3D Slicer and OHIF.
+
+    monailabel start_server --app apps/midepseg --studies <folder> --host 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fastapi import HTTPException  # noqa: E402
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.tasks.activelearning.first import First  # noqa: E402
+from monailabel.tasks.activelearning.random import Random  # noqa: E402
+
+from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig, MIDeepSegConfig  # noqa: E402
+from lib.infers.midepseg_infer import warm_up_label_writer  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+MODELS: dict[str, type[MIDeepSegConfig]] = {"midepseg_2d": MIDeepSeg2DConfig, "midepseg_3d": MIDeepSeg3DConfig}
+
+
+class MIDeepSegApp(MONAILabelApp):
+    def __init__(self, app_dir: str, studies: str, conf: dict) -> None:
+        self.model_dir = os.path.join(app_dir, "model")
+        self.models: dict[str, MIDeepSegConfig] = {}
+        for name, config_class in MODELS.items():
+            config = config_class()
+            config.init(name, self.model_dir, conf, None)
+            self.models[name] = config
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="MIDeepSeg",
+            description="Minimally interactive segmentation of seen and unseen objects (interior margin points + clicks)",
+            version="0.1.0",
+        )
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        warm_up_label_writer()
+
+    def init_infers(self):
+        return {name: config.infer() for name, config in self.models.items()}
+
+    def init_trainers(self):
+        return {name: config.trainer() for name, config in self.models.items()}
+
+    def init_strategies(self):
+        return {"random": Random(), "first": First()}
+
+    def infer(self, request, datastore=None):
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            store = datastore if datastore else self.datastore()
+            if not store.get_image_uri(image):
+                raise HTTPException(status_code=404, detail=f"unknown image '{image}' (not in the datastore)")
+        if request.get("model") not in self._infers:
+            raise HTTPException(status_code=404, detail=f"unknown model '{request.get('model')}'")
+        return super().infer(request, datastore)

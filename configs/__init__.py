@@ -1,0 +1,1 @@
+"""MONAI Label task configurations of the MIDeepSeg app."""

@@ -1,0 +1,66 @@
+"""Task configs: the 2D and 3D MIDeepSeg models (infer + train) of the app."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from monailabel.interfaces.config import TaskConfig
+
+from lib.infers.midepseg_infer import MIDeepSegInfer
+from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
+from lib.trainers.midepseg_train import MIDeepSegTrain
+
+logger = logging.getLogger(__name__)
+
+
+class MIDeepSegConfig(TaskConfig):
+    """One MIDeepSeg model: weights ``<model_dir>/<name>.pt``, a deepgrow infer task and a
+    Dice-loss trainer that publishes back to the same file."""
+
+    dimension = 2
+    margin_points = 4
+    train_epochs = 20
+    lr = 1e-4
+
+    def init(self, name: str, model_dir: str, conf: dict, planner, **kwargs) -> None:
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.path = os.path.join(model_dir, f"{name}.pt")
+        if not os.path.exists(self.path):
+            logger.warning("%s: no weights at %s; the network is untrained until /train/%s runs", name, self.path, name)
+
+    def infer(self) -> MIDeepSegInfer:
+        kind = "2D (also on one slice of a 3D volume)" if self.dimension == 2 else "3D"
+        return MIDeepSegInfer(
+            path=self.path,
+            network=midepseg_unet(self.dimension),
+            dimension=self.dimension,
+            spatial_size=DEFAULT_SPATIAL_SIZE[self.dimension],
+            margin_points=self.margin_points,
+            description=(
+                f"MIDeepSeg {kind}: click {self.margin_points} interior margin points just inside the object's "
+                "boundary (foreground), then foreground/background clicks to refine"
+            ),
+        )
+
+    def trainer(self) -> MIDeepSegTrain:
+        return MIDeepSegTrain(
+            model_dir=os.path.join(self.model_dir, f"train_{self.name}"),
+            network=midepseg_unet(self.dimension),
+            spatial_dims=self.dimension,
+            spatial_size=DEFAULT_SPATIAL_SIZE[self.dimension],
+            publish_path=self.path,
+            lr=self.lr,
+            config={"max_epochs": self.train_epochs},
+        )
+
+
+class MIDeepSeg2DConfig(MIDeepSegConfig):
+    dimension = 2
+    margin_points = 4
+
+
+class MIDeepSeg3DConfig(MIDeepSegConfig):
+    dimension = 3
+    margin_points = 6
+    lr = 1e-3
