@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +30,16 @@ MODELS: dict[str, type[MIDeepSegConfig]] = {"midepseg_2d": MIDeepSeg2DConfig, "m
 
 class MIDeepSegApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict) -> None:
-        self.model_dir = os.path.join(app_dir, "model")
+        shipped = os.path.join(app_dir, "model")
+        # `--conf model_dir DIR` keeps weights (and what /train publishes) outside the repo;
+        # the shipped weights are copied there once.
+        self.model_dir = conf.get("model_dir", shipped)
+        if os.path.realpath(self.model_dir) != os.path.realpath(shipped):
+            os.makedirs(self.model_dir, exist_ok=True)
+            for name in MODELS:
+                src, dst = os.path.join(shipped, f"{name}.pt"), os.path.join(self.model_dir, f"{name}.pt")
+                if os.path.exists(src) and not os.path.exists(dst):
+                    shutil.copy2(src, dst)
         self.models: dict[str, MIDeepSegConfig] = {}
         for name, config_class in MODELS.items():
             config = config_class()
