@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""Per-click latency of the MIDeepSeg app over MONAI Label's REST API.
+
+Two cases, each: the first stage-1 request (the interior margin points of the reference,
+``extreme_margin_points``; a cold image: load + EGD + network), then ``--clicks`` robot
+corrective clicks (``corrective_click``), every request resending all points as Slicer and
+OHIF do:
+
+* 2D: a 512x512 slice (an HC18 ultrasound image, square crop around the head resized to
+  512x512, with its label), ``midepseg_2d``;
+* 3D: the BraTS volume ``brats_2013_pat0003_1`` T1c (240x240x155, LPS), tumour core =
+  labels {1, 3, 4} of ``OTMultiClass``, ``midepseg_3d``.
+
+Prints one table per case: wall time of each request as the client sees it, the server's
+per-stage timing from the result JSON (load, egd, network, fusion, graph_cut, restore,
+write), and the Dice after each request; medians over the refinement clicks. Asserts
+nothing about time.
+
+Without ``--url`` it starts a server (``monailabel start_server``) on a temporary copy of
+``--studies`` (empty when not given) plus the two benchmark images, with ``--conf model_dir``
+in a temporary folder (the shipped weights are copied there, never written), and stops it
+at the end. With ``--url`` it uploads the two images to that server's datastore.
+
+Usage::
+
+    PATH=$PWD/.venv/bin:$PATH .venv/bin/python scripts/benchmark_server.py [--clicks 5] [--url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lib.metrics import dice  # noqa: E402
+from lib.transforms.margin_points import extreme_margin_points  # noqa: E402
+from lib.transforms.robot_user import corrective_click  # noqa: E402
+
+log = logging.getLogger("benchmark_server")
+
+STAGES = ("load", "egd", "network", "fusion", "graph_cut", "restore", "write")
+BRATS_CASE = "brats_2013_pat0003_1"
+TUMOUR_CORE = (1, 3, 4)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def make_2d_case(data: Path, case: str, out_image: Path, out_label: Path, size: int = 512) -> None:
+    """Square crop (the image's height) of an HC18 image centred on the head, resized to
+    ``size`` x ``size`` (bilinear image, nearest label), saved as 8-bit PNGs."""
+    from PIL import Image
+
+    image = Image.open(data / "hc18" / "images" / f"{case}.png").convert("L")
+    label = Image.open(data / "hc18" / "labels" / f"{case}.png")
+    width, height = image.size
+    cols = np.nonzero(np.asarray(label).any(axis=0))[0]
+    centre = (cols.min() + cols.max()) // 2 if len(cols) else width // 2
+    side = min(width, height)
+    left = int(np.clip(centre - side // 2, 0, width - side))
+    box = (left, 0, left + side, side)
+    image.crop(box).resize((size, size), Image.BILINEAR).save(out_image)
+    lab = (np.asarray(label.crop(box).resize((size, size), Image.NEAREST)) > 0).astype(np.uint8)
+    Image.fromarray(lab).save(out_label)
+
+
+def make_3d_case(data: Path, out_image: Path, out_label: Path) -> None:
+    import nibabel as nib
+
+    case = data / "brats" / BRATS_CASE
+    shutil.copy(case / "T1c_subtrMeanDivStd.nii.gz", out_image)
+    ot = nib.load(str(case / "OTMultiClass.nii.gz"))
+    core = np.isin(np.asarray(ot.dataobj), TUMOUR_CORE).astype(np.uint8)
+    nib.save(nib.Nifti1Image(core, ot.affine), str(out_label))
+
+
+def load(path: Path):
+    """Array (LoadImage axes: the server's point axes) and voxel spacing."""
+    from monai.transforms import LoadImage
+
+    img = LoadImage(image_only=True)(str(path))
+    arr = np.asarray(img)
+    return arr, np.asarray(img.pixdim, dtype=np.float64)[: arr.ndim]
+
+
+# ---------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """``monailabel start_server`` in its own process group; stopped on exit."""
+
+    def __init__(self, studies: Path, model_dir: Path, log_path: Path, timeout: float = 300.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        cmd = [
+            sys.executable, "-m", "monailabel.main", "start_server",
+            "--app", str(REPO / "apps" / "midepseg"), "--studies", str(studies),
+            "--host", "127.0.0.1", "--port", str(self.port), "--conf", "model_dir", str(model_dir),
+        ]  # fmt: skip
+        self.log_path = log_path
+        with open(log_path, "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait(timeout)
+
+    def _wait(self, timeout: float) -> None:
+        import requests
+
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                    log.info("server up at %s in %.1f s (log %s)", self.url, time.perf_counter() - start, self.log_path)
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise RuntimeError(f"server did not answer within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            if self.proc.poll() is not None:
+                return
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(timeout=wait)
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+
+def infer(client, model: str, image_id: str, foreground, background):
+    from monai.transforms import LoadImage
+
+    params = {
+        "foreground": np.asarray(foreground, dtype=np.int64).tolist(),
+        "background": np.asarray(background, dtype=np.int64).tolist(),
+        "result_extension": ".nrrd",
+        "result_dtype": "uint8",
+    }
+    start = time.perf_counter()
+    path, result = client.infer(model, image_id, params)
+    wall = time.perf_counter() - start
+    try:
+        mask = np.asarray(LoadImage(image_only=True)(path)) > 0
+    finally:
+        os.unlink(path)
+    return mask, result, wall
+
+
+def run_case(client, name: str, model: str, image_id: str, reference: np.ndarray, spacing, clicks: int) -> list[dict]:
+    """Stage 1 then ``clicks`` robot clicks; one row per request."""
+    margin = extreme_margin_points(reference, spacing)
+    foreground, background = [p for p in margin], []
+    rows = []
+    mask, result, wall = infer(client, model, image_id, foreground, background)
+    rows.append({"request": f"stage 1 ({len(margin)} margin pts)", "wall": wall, "result": result, "dice": dice(mask, reference)})
+    log.info("%s: %s wall %.3f s Dice %.4f", name, rows[-1]["request"], wall, rows[-1]["dice"])
+    for i in range(clicks):
+        click = corrective_click(mask, reference, spacing, np.array(foreground + background))
+        if click is None:
+            log.info("%s: no error left after %d clicks", name, i)
+            break
+        point, is_fg = click
+        (foreground if is_fg else background).append(point)
+        mask, result, wall = infer(client, model, image_id, foreground, background)
+        rows.append(
+            {"request": f"click {i + 1} ({'fg' if is_fg else 'bg'})", "wall": wall, "result": result, "dice": dice(mask, reference)}
+        )
+        log.info("%s: %s wall %.3f s Dice %.4f", name, rows[-1]["request"], wall, rows[-1]["dice"])
+    return rows
+
+
+def format_table(name: str, shape, rows: list[dict]) -> str:
+    header = ["request", "wall"] + list(STAGES) + ["server", "cached", "Dice"]
+    lines = [f"{name}  image {tuple(int(s) for s in shape)}  (seconds)", ""]
+    widths = [24] + [9] * (len(header) - 1)
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    lines.append(line(header))
+    lines.append(line(["-" * w for w in widths]))
+    for r in rows:
+        timing = r["result"].get("timing", {})
+        cells = [r["request"], fmt(r["wall"])] + [fmt(timing.get(s)) for s in STAGES]
+        cells += [fmt(sum(timing.get(s, 0.0) for s in STAGES)), str(r["result"].get("stage1_cached")), f"{r['dice']:.4f}"]
+        lines.append(line(cells))
+    clicks = rows[1:]
+    if clicks:
+        def med(values):
+            values = [v for v in values if v is not None]
+            return statistics.median(values) if values else None
+
+        cells = [f"median of {len(clicks)} clicks", fmt(med([r["wall"] for r in clicks]))]
+        cells += [fmt(med([r["result"].get("timing", {}).get(s) for r in clicks])) for s in STAGES]
+        cells += [fmt(med([sum(r["result"].get("timing", {}).get(s, 0.0) for s in STAGES) for r in clicks])), "", ""]
+        lines.append(line(["-" * w for w in widths]))
+        lines.append(line(cells))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="use this running server (the images are uploaded to its datastore)")
+    parser.add_argument("--studies", type=Path, help="studies folder to copy into the temporary one (default: none)")
+    parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data", help="development data folder")
+    parser.add_argument("--hc18-case", default="800_HC", help="HC18 image for the 2D case")
+    parser.add_argument("--clicks", type=int, default=5, help="robot refinement clicks per case")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+
+    from monailabel.client import MONAILabelClient
+
+    tmp = Path(tempfile.mkdtemp(prefix="midepseg_bench_"))
+    studies, refs = tmp / "studies", tmp / "refs"
+    if args.studies:
+        shutil.copytree(args.studies, studies, ignore=shutil.ignore_patterns("labels", "datastore_v2.json", ".lock"))
+    else:
+        studies.mkdir()
+    refs.mkdir()
+    cases = [
+        ("2D slice 512x512 (HC18 %s), midepseg_2d" % args.hc18_case, "midepseg_2d", "bench_hc18_512", ".png"),
+        ("3D volume 240x240x155 (BraTS %s T1c, tumour core)" % BRATS_CASE, "midepseg_3d", "bench_brats_t1c", ".nii.gz"),
+    ]
+    make_2d_case(args.data, args.hc18_case, studies / "bench_hc18_512.png", refs / "bench_hc18_512.png")
+    make_3d_case(args.data, studies / "bench_brats_t1c.nii.gz", refs / "bench_brats_t1c.nii.gz")
+
+    server = None
+    try:
+        if args.url:
+            url = args.url.rstrip("/")
+            client = MONAILabelClient(url, tmpdir=str(tmp))
+            for _, _, image_id, ext in cases:
+                client.upload_image(str(studies / f"{image_id}{ext}"), image_id)
+        else:
+            server = LocalServer(studies, tmp / "model", tmp / "server.log")
+            url = server.url
+            client = MONAILabelClient(url, tmpdir=str(tmp))
+        info = client.info()
+        log.info("models: %s", sorted(info["models"]))
+
+        tables, results = [], {}
+        for name, model, image_id, ext in cases:
+            reference_raw, spacing = load(refs / f"{image_id}{ext}")
+            image, _ = load(studies / f"{image_id}{ext}")
+            reference = reference_raw > 0
+            assert reference.shape == image.shape, (reference.shape, image.shape)
+            rows = run_case(client, name, model, image_id, reference, spacing, args.clicks)
+            tables.append(format_table(name, image.shape, rows))
+            results[name] = [{k: v for k, v in r.items()} for r in rows]
+        print(f"\nMIDeepSeg over REST ({url}); wall = client round trip (request, server, result file received and written)")
+        for t in tables:
+            print("\n" + t)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1, default=float))
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
