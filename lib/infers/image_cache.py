@@ -67,7 +67,10 @@ class CachedLoadImaged(MapTransform):
             cache_key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
             image = self._cache.get(cache_key)
             if image is None:
-                image = self._channel_first(self._load(path))
+                try:
+                    image = self._channel_first(self._load(path))
+                except Exception as e:  # not an image any reader understands: bad input, not a crash
+                    raise ValueError(f"cannot read image {os.path.basename(path)!r}: {type(e).__name__}") from e
                 if not isinstance(image, MetaTensor):
                     image = MetaTensor(image)
                 self._cache.put(cache_key, image)

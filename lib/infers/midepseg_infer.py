@@ -93,6 +93,7 @@ class MIDeepSegInfer(BasicInferTask):
         self._stage1_cache = LRUCache(16)
 
     def __call__(self, request, callbacks=None):
+        _check_graph_cut_params(request)
         try:
             return super().__call__(request, callbacks)
         except MarginPointsIncomplete as waiting:
@@ -211,6 +212,24 @@ class MIDeepSegInfer(BasicInferTask):
         import os
 
         return os.path.getmtime(path) if path and os.path.exists(path) else 0.0
+
+
+def _check_graph_cut_params(request: dict) -> None:
+    """``lamda`` >= 0 and ``sigma`` > 0, finite numbers (or numeric strings, as Slicer's
+    option fields send them): answer 400 naming the parameter before any work is done."""
+    for name, positive in (("lamda", False), ("sigma", True)):
+        if name not in request:
+            continue
+        value = request[name]
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            number = float(value)
+        except (TypeError, ValueError):
+            raise HTTPException(status_code=400, detail=f"{name} must be a number, got {value!r}") from None
+        if not np.isfinite(number) or number < 0 or (positive and number == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise HTTPException(status_code=400, detail=f"{name} must be a finite number {bound}, got {value!r}")
 
 
 class _StopWhenIncomplete:

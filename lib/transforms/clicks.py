@@ -122,7 +122,10 @@ class SelectSliced(MapTransform):
             shape = np.shape(d[key])[1:]
             if len(shape) == 2:
                 continue
-            axis = int(d.get("slice_axis", self.slice_axis))
+            try:
+                axis = int(d.get("slice_axis", self.slice_axis))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"slice_axis must be 0, 1 or 2, got {d.get('slice_axis')!r}") from e
             if axis not in (0, 1, 2):
                 raise ValueError(f"slice_axis must be 0, 1 or 2, got {axis}")
             points = {k: as_points(d.get(k), 3, k) for k in self.point_keys}
