@@ -310,38 +310,45 @@ def test_fewer_than_two_margin_points_gives_empty_mask(server):
     assert result["stage"] == 0 and "margin points" in result["message"]
 
 
-@pytest.mark.parametrize("image_id", ["ct", "ct_pri"])
-def test_3d_model_on_ct(server, image_id):
-    """The 3D model on the RAS CT and on its non-RAS (P, R, I) copy: the clicked voxels,
-    the shape and the affine of the result follow the file's own voxel grid."""
+def test_3d_model_on_ct_and_non_ras_copy(server):
+    """The 3D model on the RAS CT and on its cropped non-RAS (P, R, I) copy: the clicked
+    voxels, the shape and the affine of the result follow each file's own voxel grid, and
+    the spleen is found as well in the permuted/flipped grid as in the original one."""
     import nibabel as nib
 
     from lib.transforms.crop import relaxed_box
     from lib.transforms.margin_points import extreme_margin_points
 
-    image, reference, affine, spacing = ct_case(server, image_id, SPLEEN)
-    # the server's points are the file's own (i, j, k): LoadImage does not reorient
-    raw = np.asarray(nib.load(str(server.studies / f"{image_id}.nii.gz")).dataobj)
-    np.testing.assert_array_equal(image, raw)
-    margin = extreme_margin_points(reference, spacing)
-    assert len(margin) == 6
-    if image_id == "ct_pri":  # the clicks land on the same organ in the original CT (world coordinates)
-        original, original_labels = nib.load(str(server.refs / "ct_labels.nii.gz")), load(server.refs / "ct_labels.nii.gz")
-        world = affine @ np.c_[margin, np.ones(len(margin))].T
-        ijk = np.rint(np.linalg.solve(original.affine, world)[:3].T).astype(np.int64)
-        assert values_at(original_labels, ijk) == [SPLEEN] * len(margin)
-    background = near_background(reference, 2)[None]
+    dices = {}
+    for image_id in ("ct", "ct_pri"):
+        image, reference, affine, spacing = ct_case(server, image_id, SPLEEN)
+        # the server's points are the file's own (i, j, k): LoadImage does not reorient
+        raw = np.asarray(nib.load(str(server.studies / f"{image_id}.nii.gz")).dataobj)
+        np.testing.assert_array_equal(image, raw)
+        margin = extreme_margin_points(reference, spacing)
+        assert len(margin) == 6
+        if image_id == "ct_pri":  # the clicks land on the spleen of the original CT (world coordinates)
+            original = nib.load(str(server.refs / "ct_labels.nii.gz"))
+            world = affine @ np.c_[margin, np.ones(len(margin))].T
+            ijk = np.rint(np.linalg.solve(original.affine, world)[:3].T).astype(np.int64)
+            assert values_at(load(server.refs / "ct_labels.nii.gz"), ijk) == [SPLEEN] * len(margin)
+        background = near_background(reference, 2)[None]
 
-    mask, result, out_affine = infer(server, "midepseg_3d", image_id, margin, background)
-    assert mask.shape == image.shape
-    assert values_at(mask, margin) == [1] * len(margin)
-    assert values_at(mask, background) == [0]
-    np.testing.assert_allclose(out_affine, affine, atol=1e-3)
-    box = relaxed_box(margin, image.shape, spacing)
-    outside = mask.copy()
-    outside[tuple(slice(a, b) for a, b in zip(box[0], box[1]))] = 0
-    assert not outside.any(), "the result must stay inside the relaxed box of the margin points"
-    print(f"3D model, {image_id} spleen: Dice {dice(mask, reference):.4f}, {result['voxels']} voxels, timing {result['timing']}")
+        mask, result, out_affine = infer(server, "midepseg_3d", image_id, margin, background)
+        assert mask.shape == image.shape
+        assert values_at(mask, margin) == [1] * len(margin)
+        assert values_at(mask, background) == [0]
+        np.testing.assert_allclose(out_affine, affine, atol=1e-3)
+        box = relaxed_box(margin, image.shape, spacing)
+        outside = mask.copy()
+        outside[tuple(slice(a, b) for a, b in zip(box[0], box[1]))] = 0
+        assert not outside.any(), f"{image_id}: the result must stay inside the relaxed box of the margin points"
+        dices[image_id] = dice(mask, reference)
+        print(f"3D model, {image_id} spleen: Dice {dices[image_id]:.4f}, {result['voxels']} voxels, timing {result['timing']}")
+    if _trained("midepseg_3d") and dices["ct"] >= 0.3:
+        # the network is not flip/transpose invariant (trained with flips), so allow a margin;
+        # clicks read in the wrong frame would segment the wrong region (Dice near 0)
+        assert dices["ct_pri"] >= 0.5 * dices["ct"], dices
 
 
 def test_2d_model_on_3d_ct_slice(server):
