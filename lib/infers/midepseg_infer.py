@@ -18,14 +18,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from fastapi import HTTPException
-from monai.transforms import AsDiscreted, Compose, CopyItemsd
+from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.writer import Writer
 
 from lib.infers.image_cache import CachedLoadImaged, LRUCache
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
-from lib.transforms.crop import CropByMarginPointsd, resample
+from lib.transforms.crop import CropByMarginPointsd, RestoreFromCropd, points_to_crop, resample
+from lib.transforms.egd import geodesic_distance
 from lib.transforms.fusion import InformationFusiond
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd
 from lib.transforms.stage1 import crop_transforms, cue_transforms
@@ -90,6 +91,8 @@ class MIDeepSegInfer(BasicInferTask):
         self.default_margin_points = margin_points
         self.work_voxels = work_voxels or WORK_VOXELS[dimension]
         self._loader = CachedLoadImaged(keys="image")
+        self._work_crop = _CachedWorkCrop(self.work_voxels)
+        self._distances = _CachedClickDistances()
         self._stage1_cache = LRUCache(16)
 
     def __call__(self, request, callbacks=None):
@@ -110,10 +113,7 @@ class MIDeepSegInfer(BasicInferTask):
         transforms += [
             ParseClicksd(keys="image", default_count=self.default_margin_points),
             _StopWhenIncomplete(),
-            CopyItemsd(keys="image", names="work_image"),
-            CropByMarginPointsd(
-                keys="work_image", spatial_size=None, max_voxels=self.work_voxels, prefix="work", mode="bilinear"
-            ),
+            self._work_crop,
         ]
         return transforms
 
@@ -155,6 +155,7 @@ class MIDeepSegInfer(BasicInferTask):
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return [
+            self._distances,
             InformationFusiond(keys="pred", image_key="work_image", **WORK_KEYS),
             GraphCutd(keys="pred", image_key="work_image", spacing_key="work_spacing", **WORK_KEYS),
             _RestoreAndBinarise(),
@@ -164,7 +165,7 @@ class MIDeepSegInfer(BasicInferTask):
 
     def run_post_transforms(self, data: dict[str, Any], transforms) -> dict:
         timing = data.setdefault("timing", {})
-        names = {InformationFusiond: "fusion", GraphCutd: "graph_cut"}
+        names = {_CachedClickDistances: "fusion", InformationFusiond: "fusion", GraphCutd: "graph_cut"}
         for t in transforms:
             start = time.perf_counter()
             data = t(data)
@@ -245,12 +246,69 @@ class _RestoreAndBinarise:
     """Work-grid mask -> original grid (linear interpolation, threshold 0.5)."""
 
     def __init__(self) -> None:
-        from lib.transforms.crop import RestoreFromCropd
-
         self._restore = RestoreFromCropd(keys="pred", prefix="work", mode="bilinear")
-        self._threshold = AsDiscreted(keys="pred", threshold=0.5)
 
     def __call__(self, data: dict) -> dict:
         data = self._restore(data)
-        data["pred"] = np.asarray(self._threshold(data)["pred"], dtype=np.uint8)
+        data["pred"] = (np.asarray(data["pred"]) >= 0.5).astype(np.uint8)
+        return data
+
+
+class _CachedWorkCrop:
+    """The relaxed box of the margin points at (capped) original resolution, as
+    ``CropByMarginPointsd(prefix="work")`` writes it, cached per image, slice and margin
+    points; only the clicks are mapped anew on each request."""
+
+    POINT_KEYS = ("margin_points", "foreground", "background")
+    KEYS = ("work_image", "work_box", "work_original_shape", "work_spacing")
+
+    def __init__(self, max_voxels: int) -> None:
+        self._crop = CropByMarginPointsd(
+            keys="work_image", spatial_size=None, max_voxels=max_voxels, prefix="work", point_keys=()
+        )
+        self._cache = LRUCache(8)
+
+    def __call__(self, data: dict) -> dict:
+        key = (data.get("image_cache_key"), data.get("slice"), np.asarray(data["margin_points"]).tobytes())
+        cached = self._cache.get(key)
+        if cached is None:
+            out = self._crop({"work_image": data["image"], "margin_points": data["margin_points"], "spacing": data.get("spacing")})
+            cached = {k: out[k] for k in self.KEYS}
+            self._cache.put(key, cached)
+        data.update(cached)
+        data["work_cache_key"] = key
+        size = cached["work_image"].shape[1:]
+        for name in self.POINT_KEYS:
+            data[f"{name}_work"] = points_to_crop(np.asarray(data[name]), cached["work_box"], size)
+        return data
+
+
+class _CachedClickDistances:
+    """Geodesic distance maps of the foreground (margin points + refinement) and background
+    clicks on the work grid for the fusion, reusing each click's map across requests: the
+    distance to a set of clicks is the minimum of the maps of its parts, so a new click costs
+    one raster scan."""
+
+    def __init__(self) -> None:
+        self._cache = LRUCache(256)
+
+    def _distance(self, data: dict, name: str, points: np.ndarray) -> np.ndarray:
+        key = (data["work_cache_key"], name, np.asarray(points).tobytes())
+        dist = self._cache.get(key)
+        if dist is None:
+            dist = geodesic_distance(data["work_image"][0], points)
+            self._cache.put(key, dist)
+        return dist
+
+    def _nearest(self, data: dict, groups: list[tuple[str, np.ndarray]]) -> np.ndarray | None:
+        maps = [self._distance(data, name, pts) for name, pts in groups if len(pts)]
+        return np.minimum.reduce(maps) if maps else None
+
+    def __call__(self, data: dict) -> dict:
+        fg, bg = data["foreground_work"], data["background_work"]
+        if len(fg) + len(bg) == 0:
+            return data
+        fg_groups = [("margin", data["margin_points_work"])] + [("click", p[None]) for p in fg]
+        data["distance_fg"] = self._nearest(data, fg_groups)
+        data["distance_bg"] = self._nearest(data, [("click", p[None]) for p in bg])
         return data

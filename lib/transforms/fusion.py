@@ -88,7 +88,10 @@ class InformationFusiond(MapTransform):
     margin points ``data[margin_key]`` plus the refinement clicks ``data[foreground_key]``,
     background clicks ``data[background_key]`` (all ``(N, ndim)`` voxel indices of the same
     grid as the image ``data[image_key]``, ``(C, *spatial)``, first channel used). Without
-    any refinement click (stage 1) the probability passes through unchanged.
+    any refinement click (stage 1) the probability passes through unchanged. Geodesic
+    distance maps already in ``data[distance_keys[0]]``/``data[distance_keys[1]]`` (``None``
+    for an absent kind) are used instead of computing them (an interactive caller caches
+    them per click).
     """
 
     def __init__(
@@ -99,10 +102,12 @@ class InformationFusiond(MapTransform):
         foreground_key: str = "foreground",
         background_key: str = "background",
         absent_distance: float = ABSENT_DISTANCE,
+        distance_keys: tuple[str, str] = ("distance_fg", "distance_bg"),
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
+        self.distance_keys = distance_keys
         self.margin_key = margin_key
         self.foreground_key = foreground_key
         self.background_key = background_key
@@ -114,7 +119,9 @@ class InformationFusiond(MapTransform):
         refinement_fg = stacked_points(d, (self.foreground_key,), image.ndim)
         bg = stacked_points(d, (self.background_key,), image.ndim)
         refine = len(refinement_fg) + len(bg) > 0
-        if refine:
+        if refine and any(k in d for k in self.distance_keys):
+            d_fg, d_bg = (d.get(k) for k in self.distance_keys)
+        elif refine:
             fg = stacked_points(d, (self.margin_key, self.foreground_key), image.ndim)
             d_fg, d_bg = click_distances(image, fg, bg)
         for key in self.key_iterator(d):
