@@ -15,7 +15,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from .validation import as_points, check_image, validate_points
+from .validation import as_points, check_image, stacked_points, validate_points
 
 MIN_MARGIN_POINTS = 2
 
@@ -192,7 +192,7 @@ class ApplyClicksd(MapTransform):
             mask = convert_to_numpy(d[key]).copy()
             ndim = mask.ndim - 1
             for k, value in ((self.margin_key, 1), (self.foreground_key, 1), (self.background_key, 0)):
-                pts = np.asarray(d.get(k, []) if d.get(k) is not None else [], dtype=np.int64).reshape(-1, ndim)
+                pts = stacked_points(d, (k,), ndim)
                 if len(pts):
                     mask[(slice(None),) + tuple(pts.T)] = value
             d[key] = mask

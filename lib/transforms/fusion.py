@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from .egd import geodesic_distance
+from .validation import stacked_points
 from .validation import as_points
 
 ABSENT_DISTANCE = float("inf")
@@ -72,12 +73,6 @@ def click_distances(
     d_fg = geodesic_distance(image, fg) if len(fg) else None
     d_bg = geodesic_distance(image, bg) if len(bg) else None
     return d_fg, d_bg
-
-
-def stacked_points(data: Mapping, keys: tuple[str, ...], ndim: int) -> np.ndarray:
-    """The ``(N, ndim)`` int64 concatenation of the point lists ``data[k]`` (missing = empty)."""
-    parts = [np.asarray(data.get(k, []) if data.get(k) is not None else [], dtype=np.int64).reshape(-1, ndim) for k in keys]
-    return np.concatenate(parts) if parts else np.zeros((0, ndim), dtype=np.int64)
 
 
 class InformationFusiond(MapTransform):

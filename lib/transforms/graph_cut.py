@@ -22,8 +22,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from .fusion import stacked_points
 from .intensity import unit_range
+from .validation import stacked_points
 from .validation import validate_points
 
 DEFAULT_LAMDA = 5.0

@@ -7,7 +7,7 @@ image's spatial axes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -104,3 +104,10 @@ def check_image(image: np.ndarray, name: str = "image", require_contrast: bool =
     if require_contrast and float(arr.max()) == float(arr.min()):
         raise ValueError(f"{name}: the image is constant (every voxel is {float(arr.min())}); nothing to segment")
     return arr
+
+
+def stacked_points(data: Mapping, keys: tuple[str, ...], ndim: int) -> np.ndarray:
+    """The ``(N, ndim)`` int64 concatenation of the point lists ``data[k]`` (missing = empty),
+    each checked by :func:`as_points`."""
+    parts = [as_points(data.get(k), ndim, str(k)) for k in keys]
+    return np.concatenate(parts) if parts else np.zeros((0, ndim), dtype=np.int64)
