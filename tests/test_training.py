@@ -1,0 +1,110 @@
+"""Training: a short CPU run lowers the Dice loss and publishes a checkpoint the infer path
+loads; the shipped weights segment real held-out cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import LoadImage
+from PIL import Image
+
+from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig
+from lib.metrics import dice
+from lib.trainers.midepseg_train import group_partition, halving_schedule
+from lib.trainers.train_cli import main as train_main
+from lib.transforms.margin_points import extreme_margin_points
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "apps" / "midepseg" / "model"
+
+
+def _synthetic_set(folder: Path, n: int = 8, size: int = 96) -> tuple[Path, Path]:
+    """Bright ellipses of random size and position on a noisy background."""
+    rng = np.random.RandomState(0)
+    images, labels = folder / "images", folder / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        cy, cx = rng.randint(30, size - 30, 2)
+        ry, rx = rng.randint(10, 22, 2)
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        image = 80 + 100 * mask + rng.normal(0, 15, mask.shape)
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(images / f"s{i:02d}_img.png")
+        Image.fromarray(mask.astype(np.uint8)).save(labels / f"s{i:02d}_img.png")
+    return images, labels
+
+
+def test_halving_schedule_matches_paper_shape():
+    factor = halving_schedule(300)
+    assert factor(0) == factor(149) == 1.0
+    assert factor(150) == 0.5 and factor(179) == 0.5 and factor(180) == 0.25
+
+
+def test_group_partition_keeps_subjects_together():
+    items = [{"image": f"/x/{n:03d}_{k}HC.png"} for n in range(20) for k in ("", "2")]
+    train, val = group_partition(items, 0.2, r"^(\d+)_", 0)
+    subject = lambda d: Path(d["image"]).name.split("_")[0]  # noqa: E731
+    assert {subject(d) for d in train}.isdisjoint({subject(d) for d in val})
+    assert len(val) == 8 and len(train) == 32
+
+
+def test_short_cpu_training_lowers_loss_and_publishes_loadable_weights(tmp_path):
+    images, labels = _synthetic_set(tmp_path / "data")
+    output = tmp_path / "model" / "midepseg_2d.pt"
+    torch.manual_seed(0)
+    train_main([
+        "--dim", "2", "--images", str(images), "--labels", str(labels), "--output", str(output),
+        "--work-dir", str(tmp_path / "work"), "--epochs", "6", "--batch-size", "2", "--lr", "1e-3",
+        "--val-fraction", "0.25", "--subject-pattern", r"^(s\d+)_", "--from-scratch", "--threads", "2",
+    ])
+    curves = json.loads((tmp_path / "work" / "runs" / "cli" / "curves.json").read_text())
+    losses = curves["loss"]
+    assert len(losses) == 6
+    assert np.mean(losses[-2:]) < losses[0] - 0.05, losses
+    assert (tmp_path / "work" / "runs" / "cli" / "curves.png").stat().st_size > 0
+
+    checkpoint = torch.load(output, map_location="cpu", weights_only=True)
+    assert set(checkpoint) == {"model"}
+
+    config = MIDeepSeg2DConfig()
+    config.init("midepseg_2d", str(output.parent), {}, None)
+    task = config.infer()
+    label = np.asarray(LoadImage(image_only=True)(str(labels / "s00_img.png"))) > 0
+    points = extreme_margin_points(label)
+    _, data = task({"image": str(images / "s00_img.png"), "foreground": points.tolist(), "background": [],
+                    "device": "cpu", "skip_writer": True, "logging": "WARNING"})
+    assert task.get_path() == str(output)
+    assert dice(np.asarray(data["pred"]) > 0, label) > 0.7
+
+
+def _stage1_dice(config_class, name: str, image: str, label: np.ndarray) -> float:
+    config = config_class()
+    config.init(name, str(MODEL_DIR), {}, None)
+    task = config.infer()
+    points = extreme_margin_points(label)
+    _, data = task({"image": image, "foreground": points.tolist(), "background": [], "device": "cpu",
+                    "skip_writer": True, "logging": "WARNING"})
+    return dice(np.asarray(data["pred"]) > 0, label)
+
+
+@pytest.mark.parametrize("name", ["797_HC.png", "802_HC.png", "016_HC.png"])
+def test_shipped_2d_weights_on_held_out_hc18(shared_data, name):
+    """Held-out HC18 subjects (validation split): the shipped 2D model reached a mean
+    stage-1 Dice of about 0.97 on them (model card); 0.93 leaves room for CPU/BLAS jitter
+    and the weakest images."""
+    label = np.asarray(LoadImage(image_only=True)(str(shared_data / "hc18" / "labels" / name))) > 0
+    value = _stage1_dice(MIDeepSeg2DConfig, "midepseg_2d", str(shared_data / "hc18" / "images" / name), label)
+    assert value > 0.93, value
+
+
+def test_shipped_3d_weights_on_held_out_tumour(shared_data):
+    """Tumour core of the held-out BraTS case (pat0005, never trained on). The bound is set
+    below the value in the model card."""
+    case = shared_data / "brats" / "brats_2013_pat0005_1"
+    label = np.isin(np.asarray(LoadImage(image_only=True)(str(case / "OTMultiClass.nii.gz"))), (1, 3, 4))
+    value = _stage1_dice(MIDeepSeg3DConfig, "midepseg_3d", str(case / "T1c_subtrMeanDivStd.nii.gz"), label)
+    assert value > 0.6, value
