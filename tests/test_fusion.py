@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
-from lib.transforms.fusion import InformationFusiond, click_distances, fuse_probability
+from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distances, fuse_probability
 from lib.transforms.egd import geodesic_distance
 
 P = [0.2, 0.7, 0.5, 0.9]
@@ -98,8 +99,12 @@ def test_click_distances(disk_2d):
     image = disk_2d[0][0]
     fg, bg = np.array([[30, 34]]), np.array([[2, 2], [60, 60]])
     d_fg, d_bg = click_distances(image, fg, bg)
-    np.testing.assert_allclose(d_fg, geodesic_distance(image, fg))
-    np.testing.assert_allclose(d_bg, geodesic_distance(image, bg))
+    # geodesic distance of the EGD plus SPATIAL_WEIGHT x Euclidean distance / longest side
+    for d, pts in ((d_fg, fg), (d_bg, bg)):
+        seeds = np.ones(image.shape, bool)
+        seeds[tuple(np.asarray(pts).T)] = False
+        euclid = ndimage.distance_transform_edt(seeds) / max(image.shape)
+        np.testing.assert_allclose(d, geodesic_distance(image, pts) + SPATIAL_WEIGHT * euclid, rtol=1e-5, atol=1e-5)
     assert d_fg[30, 34] == 0 and d_bg[2, 2] == 0 and d_bg[60, 60] == 0
     assert click_distances(image, fg, np.zeros((0, 2)))[1] is None
     assert click_distances(image, [], bg)[0] is None

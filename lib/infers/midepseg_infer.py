@@ -26,8 +26,7 @@ from monailabel.transform.writer import Writer
 from lib.infers.image_cache import CachedLoadImaged, LRUCache
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
 from lib.transforms.crop import CropByMarginPointsd, RestoreFromCropd, points_to_crop, resample
-from lib.transforms.egd import geodesic_distance
-from lib.transforms.fusion import InformationFusiond
+from lib.transforms.fusion import InformationFusiond, click_distance
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd
 from lib.transforms.stage1 import crop_transforms, cue_transforms
 
@@ -284,10 +283,10 @@ class _CachedWorkCrop:
 
 
 class _CachedClickDistances:
-    """Geodesic distance maps of the foreground (margin points + refinement) and background
-    clicks on the work grid for the fusion, reusing each click's map across requests: the
-    distance to a set of clicks is the minimum of the maps of its parts, so a new click costs
-    one raster scan."""
+    """Distance maps (:func:`click_distance`) of the foreground (margin points + refinement)
+    and background clicks on the work grid for the fusion, reusing each click's map across
+    requests: the distance to a set of clicks is the minimum of the maps of its parts, so a
+    new click costs one raster scan."""
 
     def __init__(self) -> None:
         self._cache = LRUCache(256)
@@ -296,7 +295,7 @@ class _CachedClickDistances:
         key = (data["work_cache_key"], name, np.asarray(points).tobytes())
         dist = self._cache.get(key)
         if dist is None:
-            dist = geodesic_distance(data["work_image"][0], points)
+            dist = click_distance(data["work_image"][0], points, data["work_spacing"])
             self._cache.put(key, dist)
         return dist
 

@@ -1,7 +1,8 @@
 """Information fusion of the CNN probability with refinement clicks (paper Eq. 3-7).
 
-With ``D^f``/``D^b`` the geodesic distances to the foreground/background clicks
-(:func:`geodesic_distance`; the interior margin points count as foreground clicks):
+With ``D^f``/``D^b`` the distances to the foreground/background clicks (the interior margin
+points count as foreground clicks; :func:`click_distance`: the EGD's geodesic distance plus
+a spatial term, see there why):
 
 * ``E^f = e^{-D^f} / (e^{-D^f} + e^{-D^b})`` (Eq. 3), ``E^b = 1 - E^f`` (Eq. 4),
 * ``alpha = e^{-min(D^f, D^b)}`` (Eq. 7),
@@ -15,18 +16,19 @@ When one kind of click is absent its distance is the constant ``absent_distance`
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
+from scipy import ndimage
 
 from .egd import geodesic_distance
-from .validation import stacked_points
-from .validation import as_points
+from .validation import as_points, stacked_points, validate_points
 
 ABSENT_DISTANCE = float("inf")
+SPATIAL_WEIGHT = 4.0
 
 
 def fuse_probability(
@@ -61,17 +63,39 @@ def fuse_probability(
     return ((1.0 - alpha) * p + alpha * e_fg).astype(np.float32)
 
 
+def click_distance(image: np.ndarray, points: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Distance ``D`` of every voxel to the nearest of ``points`` used by the fusion: the
+    geodesic distance of the EGD (:func:`geodesic_distance`) plus ``SPATIAL_WEIGHT`` times
+    the Euclidean distance in units of the region's longest physical side.
+
+    The pure intensity geodesic is ~0 across any flat region, so one click would set
+    ``alpha`` ~ 1 over every flat area it connects to through a weak edge (ultrasound
+    shadows, fluid), flooding the mask. The spatial term makes a click's influence fade
+    over the region's size. Weight 4 was picked on HC18 *training* subjects with a simulated
+    CNN (0/2/4/8 compared over 3 robot clicks: 4 removed most of the first-click drop and
+    gave the best final Dice); the stage-1 EGD cue keeps the paper's pure geodesic.
+    """
+    img = np.asarray(image)
+    pts = validate_points(points, img.shape, "clicks", min_count=1, allow_duplicates=True)
+    sp = np.ones(img.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    seeds = np.ones(img.shape, dtype=bool)
+    seeds[tuple(pts.T)] = False
+    euclid = ndimage.distance_transform_edt(seeds, sampling=sp) / float(np.max(np.asarray(img.shape) * sp))
+    return (geodesic_distance(img, pts) + SPATIAL_WEIGHT * euclid).astype(np.float32)
+
+
 def click_distances(
     image: np.ndarray,
     foreground: np.ndarray,
     background: np.ndarray,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Geodesic distance maps ``(D^f, D^b)`` of the clicks on ``image`` (spatial, no channel);
-    ``None`` for a kind without clicks."""
+    """Distance maps ``(D^f, D^b)`` (:func:`click_distance`) of the clicks on ``image``
+    (spatial, no channel); ``None`` for a kind without clicks."""
     fg = as_points(foreground, image.ndim, "foreground clicks")
     bg = as_points(background, image.ndim, "background clicks")
-    d_fg = geodesic_distance(image, fg) if len(fg) else None
-    d_bg = geodesic_distance(image, bg) if len(bg) else None
+    d_fg = click_distance(image, fg, spacing) if len(fg) else None
+    d_bg = click_distance(image, bg, spacing) if len(bg) else None
     return d_fg, d_bg
 
 
@@ -98,10 +122,12 @@ class InformationFusiond(MapTransform):
         background_key: str = "background",
         absent_distance: float = ABSENT_DISTANCE,
         distance_keys: tuple[str, str] = ("distance_fg", "distance_bg"),
+        spacing_key: str = "spacing",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
+        self.spacing_key = spacing_key
         self.distance_keys = distance_keys
         self.margin_key = margin_key
         self.foreground_key = foreground_key
@@ -118,7 +144,7 @@ class InformationFusiond(MapTransform):
             d_fg, d_bg = (d.get(k) for k in self.distance_keys)
         elif refine:
             fg = stacked_points(d, (self.margin_key, self.foreground_key), image.ndim)
-            d_fg, d_bg = click_distances(image, fg, bg)
+            d_fg, d_bg = click_distances(image, fg, bg, d.get(self.spacing_key))
         for key in self.key_iterator(d):
             p_fg = convert_to_numpy(d[key])[-1].astype(np.float32)
             d[key] = (fuse_probability(p_fg, d_fg, d_bg, self.absent_distance) if refine else p_fg)[None]
