@@ -12,6 +12,8 @@ voxels forced -> uint8 label.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -21,7 +23,7 @@ from fastapi import HTTPException
 from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
-from monailabel.transform.writer import Writer
+from monailabel.transform.writer import Writer, write_itk
 
 from lib.infers.image_cache import CachedLoadImaged, LRUCache
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
@@ -41,10 +43,6 @@ WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "foreground_w
 def warm_up_label_writer() -> None:
     """Write a tiny label once so that ITK's lazily loaded IO modules (about 15 s on first
     use) load at server start, not on the annotator's first click."""
-    import tempfile
-
-    from monailabel.transform.writer import write_itk
-
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         write_itk(np.zeros((2, 2), np.uint8), f"{tmp}/warm.nrrd", None, "uint8", False)
@@ -204,13 +202,10 @@ class MIDeepSegInfer(BasicInferTask):
             "voxels": 0,
             "timing": {k: round(v, 4) for k, v in data.get("timing", {}).items()},
         }
-        data["image_path"] = data.get("image_path")
         return self.writer(data)
 
     @staticmethod
     def _model_mtime(path: str | None) -> float:
-        import os
-
         return os.path.getmtime(path) if path and os.path.exists(path) else 0.0
 
 
