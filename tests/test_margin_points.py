@@ -31,30 +31,18 @@ def _check_points(points, mask, spacing=None):
     assert _box_covers(points, mask, spacing), "relaxed box of the margin points cuts the object"
 
 
-@pytest.fixture(params=["disk_2d", "border_disk_2d", "thin_bar_2d"])
-def mask_2d(request):
-    return request.getfixturevalue(request.param)[1]
-
-
-def test_simulated_points_2d_inside_and_covering(mask_2d):
-    counts = set()
-    for seed in SEEDS:
-        pts = simulate_margin_points(mask_2d, np.random.RandomState(seed))
-        _check_points(pts, mask_2d)
-        assert 3 <= len(pts) <= 4 + 5
-        counts.add(len(pts))
-    assert len(counts) > 1, "the number of random extra points never varied"
-
-
-def test_simulated_points_3d_inside_and_covering(ball_3d):
-    mask = ball_3d[1]
+@pytest.mark.parametrize("fixture", ["disk_2d", "border_disk_2d", "thin_bar_2d", "ball_3d"])
+def test_simulated_points_inside_and_covering(request, fixture):
+    """3-4 (2D) / 5-6 (3D) extreme points plus 0-5 random ones, inside, box covering."""
+    mask = request.getfixturevalue(fixture)[1]
+    n_extreme = (3, 4) if mask.ndim == 2 else (5, 6)
     counts = set()
     for seed in SEEDS:
         pts = simulate_margin_points(mask, np.random.RandomState(seed))
         _check_points(pts, mask)
-        assert 5 <= len(pts) <= 6 + 5
+        assert n_extreme[0] <= len(pts) <= n_extreme[1] + 5
         counts.add(len(pts))
-    assert len(counts) > 1
+    assert len(counts) > 1, "the number of random extra points never varied"
 
 
 def test_simulated_points_anisotropic_3d(aniso_ball_3d):

@@ -14,6 +14,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform
 
+from lib.transforms.validation import check_image
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,7 +45,8 @@ class LRUCache:
 class CachedLoadImaged(MapTransform):
     """Load the image file named by ``data[key]`` as a channel-first float32 MetaTensor,
     reusing the copy loaded for an earlier click while the file is unchanged (same path,
-    size and modification time). Writes ``data[f"{key}_meta_dict"]`` with the affine for
+    size and modification time); the image is checked (:func:`check_image`) when loaded,
+    so a bad file fails with a ``ValueError`` on every request that names it. Writes ``data[f"{key}_meta_dict"]`` with the affine for
     MONAI Label's writer, and ``data["timing"]["load"]`` (s).
 
     The cached array is shared between requests: downstream transforms must not modify it
@@ -73,6 +76,8 @@ class CachedLoadImaged(MapTransform):
                     raise ValueError(f"cannot read image {os.path.basename(path)!r}: {type(e).__name__}") from e
                 if not isinstance(image, MetaTensor):
                     image = MetaTensor(image)
+                # Content checks (dimensions, NaN, constant) once per file, not on every click.
+                check_image(image.array, name=os.path.basename(path))
                 self._cache.put(cache_key, image)
             d[key] = image
             d[f"{key}_meta_dict"] = {"affine": np.asarray(image.affine), "filename_or_obj": path}

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 OBJECT_CONTEXT = {2: 48, 3: 24}
 
 
-def halving_schedule(max_epochs: int) -> callable:
+def halving_schedule(max_epochs: int) -> Callable[[int], float]:
     """The paper's learning-rate schedule scaled to ``max_epochs``: constant for the first
     half, then halved every tenth of the run (2D: 150 of 300 epochs, then every 30)."""
     keep = max_epochs // 2
@@ -179,7 +179,6 @@ class MIDeepSegTrain(BasicTrainTask):
 
     def _output_transforms(self) -> list:
         return [
-            AsDiscreted(keys="label", threshold=0.5),
             SelectItemsd(keys=["image", "label"]),
             EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
         ]
@@ -209,8 +208,8 @@ class MIDeepSegTrain(BasicTrainTask):
         ]
         return (
             self._load_transforms()
-            + spatial_aug
-            + [AsDiscreted(keys="label", threshold=0.5), SimulateMarginPointsd(keys="label")]
+            + spatial_aug  # labels resample with "nearest": they stay 0/1
+            + [SimulateMarginPointsd(keys="label")]
             + crop_transforms(self.spatial_size, keys=keys, modes=("bilinear", "nearest"))
             + intensity_aug
             + cue_transforms()

@@ -60,6 +60,7 @@ class ParseClicksd(MapTransform):
     ``margin_points`` config, overridable per request), falling back to ``default_count``;
     the array of margin points then replaces it under ``points_key``. Background clicks
     placed before all margin points are in are kept out until they are (they are refinements).
+    Only the image's shape is read here: checking its content is the loader's job, once.
     """
 
     def __init__(
@@ -82,7 +83,9 @@ class ParseClicksd(MapTransform):
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            shape = check_image(convert_to_numpy(d[key]), name="image").shape[1:]
+            shape = np.shape(d[key])[1:]
+            if len(shape) not in (2, 3):
+                raise ValueError(f"image: expected a channel-first 2D or 3D image, got shape {np.shape(d[key])}")
             count = d.get(self.count_key, self.default_count)
             try:
                 count = int(count)
@@ -142,7 +145,7 @@ class SelectSliced(MapTransform):
             if not 0 <= k < shape[axis]:
                 raise ValueError(f"slice index {k} lies outside the image of shape {tuple(shape)}")
             image = convert_to_numpy(d[key])
-            d[key] = np.take(image, k, axis=axis + 1)
+            d[key] = check_image(np.take(image, k, axis=axis + 1), name=f"slice {k}")
             for name, p in points.items():
                 d[name] = np.delete(p, axis, axis=1)
             d["slice"] = (axis, k, tuple(int(s) for s in shape))
