@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from lib.infers.midepseg_infer import WORK_VOXELS  # the classic methods use MIDeepSeg's refinement grid
 from lib.transforms.crop import crop_and_resize, crop_spacing, points_to_crop, relaxed_box, restore_from_crop, work_grid_size
 from lib.transforms.egd import geodesic_intensity
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, graph_cut
@@ -44,8 +45,6 @@ from lib.transforms.intensity import unit_range
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO / "apps" / "midepseg" / "model"
-# Same caps as MIDeepSeg's refinement grid (lib.infers.midepseg_infer.WORK_VOXELS).
-WORK_VOXELS = {2: 160 * 160, 3: 64 * 64 * 64}
 METHOD_KEYS = ("midepseg", "midepseg_gc", "graphcut", "randomwalker", "geodesic", "grabcut")
 
 
