@@ -37,6 +37,7 @@ class MIDeepSegConfig(TaskConfig):
             dimension=self.dimension,
             spatial_size=DEFAULT_SPATIAL_SIZE[self.dimension],
             margin_points=self.margin_points,
+            precision=self.conf.get("precision", "auto"),
             description=(
                 f"MIDeepSeg {kind}: click {self.margin_points} interior margin points just inside the object's "
                 "boundary (foreground), then foreground/background clicks to refine"

@@ -8,6 +8,7 @@ EGD cue); output: 2-class logits (softmax gives background/foreground probabilit
 
 from __future__ import annotations
 
+import torch
 from monai.networks.nets import BasicUNet
 
 IN_CHANNELS = 2
@@ -33,3 +34,44 @@ def midepseg_unet(spatial_dims: int) -> BasicUNet:
         act=("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
         upsample="deconv",
     )
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16/AMX);
+    elsewhere bfloat16 is emulated and slower than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def inference_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """The compute dtype of an inference forward pass.
+
+    ``precision``: ``"float32"``; ``"bfloat16"`` (CPU autocast); or ``"auto"``, which is
+    bfloat16 on a CPU that has it natively and float32 otherwise (on this project's 2-core
+    AVX512-BF16 CPU the 3D U-Net on 96x96x64 took 0.26 s in bfloat16 against 0.5-0.8 s in
+    float32, logits within 0.05; ``scripts/benchmark_core.py``).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if torch.device(device).type != "cpu" or precision == "float32":
+        return torch.float32
+    if precision == "bfloat16" or native_bfloat16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def predict_probability(network: torch.nn.Module, image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Softmax class probabilities ``(B, 2, *spatial)`` float32 of a network input
+    ``(B, 2, *spatial)``. In 3D the network (in place, once) and the input are switched to
+    channels-last, oneDNN's fast path on a CPU (0.43 s instead of 0.69 s in float32 here)."""
+    if image.ndim == 5:
+        network.to(memory_format=torch.channels_last_3d)
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad(), torch.autocast(image.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits = network(image)
+    return torch.softmax(logits.float(), dim=1)

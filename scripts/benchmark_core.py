@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet, native_bfloat16, predict_probability  # noqa: E402
 from lib.transforms.crop import crop_and_resize, relaxed_box  # noqa: E402
 from lib.transforms.egd import exponentialized_geodesic_distance  # noqa: E402
 from lib.transforms.fusion import click_distances, fuse_probability  # noqa: E402
@@ -116,12 +118,32 @@ def bench_case(name: str, image: np.ndarray, label: np.ndarray, repeats: int) ->
         ("fusion (Eq. 3-7 only)", lambda: fuse_probability(prob, d_fg, d_bg)),
         ("fusion incl. distances", lambda: fuse_probability(prob, *click_distances(image, fg, bg))),
     ]
+    rows += network_rows(image, margin)
     out = []
     for step, fn in rows:
         t = median_time(fn, repeats)
         log.info("%s %s: %.4f s", name, step, t)
         out.append((name, step, t))
     return out
+
+
+def network_rows(image: np.ndarray, margin: np.ndarray) -> list[tuple[str, Callable[[], object]]]:
+    """Forward passes of the shipped U-Net of the image's dimension on its network grid
+    (crop of the margin points' box + EGD), in float32 and, on a CPU with native support,
+    bfloat16."""
+    dim = image.ndim
+    weights = REPO / "apps" / "midepseg" / "model" / f"midepseg_{dim}d.pt"
+    network = midepseg_unet(dim).eval()
+    if weights.exists():
+        network.load_state_dict(torch.load(weights, map_location="cpu")["model"])
+    crop = crop_and_resize(image[None], relaxed_box(margin, image.shape), DEFAULT_SPATIAL_SIZE[dim])[0]
+    cue = exponentialized_geodesic_distance(crop, np.array([np.array(crop.shape) // 2]))
+    net_input = torch.as_tensor(np.stack([crop, cue]), dtype=torch.float32)[None]
+    dtypes = [torch.float32] + ([torch.bfloat16] if native_bfloat16() else [])
+    return [
+        (f"U-Net {'x'.join(map(str, crop.shape))} {str(dt).split('.')[-1]}", lambda dt=dt: predict_probability(network, net_input, dt))
+        for dt in dtypes
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

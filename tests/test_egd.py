@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import GeodisTK
 import numpy as np
 import pytest
 
-from lib.transforms.egd import AddEGDCued, exponentialized_geodesic_distance, geodesic_distance
+from lib.transforms.egd import (
+    GEODESIC_ITERATIONS,
+    AddEGDCued,
+    exponentialized_geodesic_distance,
+    geodesic_distance,
+    geodesic_intensity,
+)
 
 
 def _step_image(shape, seed=0):
@@ -108,3 +115,16 @@ def test_add_egd_cue_transform_without_points():
     image = np.random.RandomState(0).rand(1, 12, 12).astype(np.float32)
     out = AddEGDCued("image")({"image": image, "margin_points_crop": np.zeros((0, 2), dtype=np.int64)})
     assert out["cue"].shape == (1, 12, 12) and not out["cue"].any()
+
+
+@pytest.mark.parametrize("shape", [(160, 160), (37, 91), (91, 37)])
+def test_2d_geodesic_equals_geodesic_tk_2d_scan(shape):
+    """The 2D distance runs GeodisTK's 3D scan on a one-voxel-thick volume (faster); it must
+    equal the library's own 2D scan."""
+    rng = np.random.RandomState(sum(shape))
+    image = (rng.rand(*shape) * 3).astype(np.float32)
+    points = np.array([[shape[0] // 3, shape[1] // 2], [shape[0] - 1, 0]])
+    seeds = np.zeros(shape, np.uint8)
+    seeds[tuple(points.T)] = 1
+    expected = GeodisTK.geodesic2d_raster_scan(geodesic_intensity(image), seeds, 1.0, GEODESIC_ITERATIONS)
+    np.testing.assert_array_equal(geodesic_distance(image, points), expected)

@@ -19,8 +19,10 @@ from fastapi import HTTPException  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.tasks.activelearning.first import First  # noqa: E402
 from monailabel.tasks.activelearning.random import Random  # noqa: E402
+from monailabel.utils.others.generic import device_map  # noqa: E402
 
 from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig, MIDeepSegConfig  # noqa: E402
+from lib.infers.image_cache import SHARED_LOADER  # noqa: E402
 from lib.infers.midepseg_infer import warm_up_label_writer  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ class MIDeepSegApp(MONAILabelApp):
     def on_init_complete(self):
         super().on_init_complete()
         warm_up_label_writer()
+        for device in set(device_map().values()):
+            for task in self._infers.values():
+                task.warm_up(device)
 
     def init_infers(self):
         return {name: config.infer() for name, config in self.models.items()}
@@ -66,6 +71,15 @@ class MIDeepSegApp(MONAILabelApp):
 
     def init_strategies(self):
         return {"random": Random(), "first": First()}
+
+    def next_sample(self, request):
+        """The strategy's next image, whose loading starts now in the background: the
+        annotator's first click then finds it in memory."""
+        sample = super().next_sample(request)
+        path = sample.get("path")
+        if isinstance(path, str) and os.path.isfile(path):
+            SHARED_LOADER.prefetch(path)
+        return sample
 
     def infer(self, request, datastore=None):
         image = request.get("image")

@@ -1,0 +1,78 @@
+"""Run-time helpers of the infer task: the shared image loader and the network precision."""
+
+from __future__ import annotations
+
+import threading
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from lib.infers.image_cache import CachedLoadImaged, ImageLoader
+from lib.networks import inference_dtype, midepseg_unet, native_bfloat16, predict_probability
+
+
+class CountingLoader(ImageLoader):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.release = threading.Event()
+
+    def _read_checked(self, path):
+        self.reads += 1
+        self.release.wait(5)
+        return super()._read_checked(path)
+
+
+@pytest.fixture
+def volume(tmp_path):
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.RandomState(0).rand(6, 7, 8).astype(np.float32), np.eye(4)), path)
+    return str(path)
+
+
+def test_prefetched_image_is_read_once_and_reused_by_the_request(volume):
+    loader = CountingLoader()
+    thread = loader.prefetch(volume)
+    results = []
+    request = threading.Thread(target=lambda: results.append(CachedLoadImaged("image", loader)({"image": volume})))
+    request.start()  # arrives while the prefetch is still reading
+    loader.release.set()
+    thread.join(5)
+    request.join(5)
+    assert loader.reads == 1, "a request during a prefetch must wait for it, not read again"
+    assert results[0]["image"] is loader.load(volume)[0]
+    assert results[0]["image"].shape == (1, 6, 7, 8)
+
+
+def test_prefetch_of_a_bad_file_fails_quietly_and_the_request_names_the_problem(tmp_path):
+    bad = tmp_path / "notes.nii.gz"
+    bad.write_text("not an image")
+    loader = ImageLoader()
+    loader.prefetch(str(bad)).join(5)
+    with pytest.raises(ValueError, match="cannot read image 'notes.nii.gz'"):
+        CachedLoadImaged("image", loader)({"image": str(bad)})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        loader.load(str(tmp_path / "missing.nii.gz"))
+
+
+def test_precision_choice():
+    assert inference_dtype("float32", "cpu") == torch.float32
+    assert inference_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert inference_dtype("auto", "cpu") == (torch.bfloat16 if native_bfloat16() else torch.float32)
+    assert inference_dtype("auto", "cuda") == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of"):
+        inference_dtype("half", "cpu")
+
+
+@pytest.mark.parametrize("dim, shape", [(2, (64, 64)), (3, (32, 32, 16))])
+def test_bfloat16_probabilities_agree_with_float32(dim, shape):
+    torch.manual_seed(0)
+    network = midepseg_unet(dim).eval()
+    image = torch.randn(1, 2, *shape)
+    p32 = predict_probability(network, image, torch.float32)
+    p16 = predict_probability(network, image, torch.bfloat16)
+    assert p32.dtype == p16.dtype == torch.float32 and p32.shape == (1, 2, *shape)
+    assert torch.allclose(p32.sum(1), torch.ones(1, *shape), atol=1e-5)
+    assert float((p32 - p16).abs().max()) < 0.05
