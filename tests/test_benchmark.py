@@ -4,6 +4,8 @@ not needed)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -211,15 +213,17 @@ def test_box_border_seeds_skip_faces_on_the_image_border():
     assert border[-1].all() and border[:, 0].all() and border[:, -1].all()
 
 
-def test_grabcut_reports_why_it_is_unavailable(all_methods):
+def test_grabcut_is_2d_only_and_reports_why_it_is_unavailable(all_methods, monkeypatch):
     _, unavailable = all_methods
+    ok, _ = GrabCutMethod().available()
+    assert ok and "grabcut" not in unavailable, "opencv-python-headless is pinned in requirements.txt"
+    assert GrabCutMethod().supports(2) and not GrabCutMethod().supports(3)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were missing
     method = GrabCutMethod()
     ok, why = method.available()
-    if ok:
-        assert 3 not in method.dims and "grabcut" not in unavailable
-    else:
-        assert "grabcut" in unavailable and "opencv" in why.lower()
-        assert not method.supports(2)
+    assert not ok and "opencv" in why.lower()
+    _, unavailable = build_methods(keys=("grabcut",), dims=(2,))
+    assert "opencv" in unavailable["grabcut"].lower()
 
 
 def test_cropped_robot_and_metrics_equal_the_whole_image():
