@@ -375,6 +375,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clicks", type=int, default=None, help="corrective-click budget (default 20 in 2D, 10 in 3D)")
     parser.add_argument("--overlays", type=int, default=1, help="overlay figures for the first N cases of each data set")
     parser.add_argument("--model-dir", type=Path, default=ROOT / "apps" / "midepseg" / "model")
+    parser.add_argument("--ablation-dir", type=Path, help="cue ablation: also run MIDeepSeg with each midepseg_<dim>d_<cue>.pt found here")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark_clicks")
@@ -397,7 +398,7 @@ def main(argv=None) -> int:
     else:
         parser.error("give --preset shared or --images and --labels")
     cases = select_cases(cases, args.max_cases)
-    methods, unavailable = build_methods(args.methods, args.dims, args.model_dir, args.device)
+    methods, unavailable = build_methods(args.methods, args.dims, args.model_dir, args.device, ablation_dir=args.ablation_dir)
     for key, why in unavailable.items():
         logger.warning("method %s skipped: %s", key, why)
     if not methods:

@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from lib.benchmark.methods import BoxWorkspace, GrabCutMethod, Method, build_methods
 from lib.benchmark.protocol import number_of_clicks, run_protocol
+from lib.networks import midepseg_unet
 from lib.transforms.margin_points import extreme_margin_points
 
 
@@ -141,7 +143,12 @@ def test_protocol_stops_when_nothing_is_left_to_click():
 
 @pytest.fixture(scope="module")
 def all_methods(tmp_path_factory):
-    methods, unavailable = build_methods(dims=(2, 3), model_dir=tmp_path_factory.mktemp("no_model"), untrained=True)
+    ablation = tmp_path_factory.mktemp("ablation")  # one cue-ablation network (seeded, untrained)
+    torch.manual_seed(0)
+    torch.save({"model": midepseg_unet(2).state_dict()}, ablation / "midepseg_2d_euclidean.pt")
+    methods, unavailable = build_methods(
+        dims=(2, 3), model_dir=tmp_path_factory.mktemp("no_model"), untrained=True, ablation_dir=ablation
+    )
     yield methods, unavailable
     for m in methods:
         m.close()
@@ -183,6 +190,7 @@ def test_every_method_returns_a_full_size_mask_respecting_clicks(all_methods, nd
             assert np.all(mask[tuple(bg.T)] == 0), method.name
         ran.append(method.key)
     expected = {"midepseg", "midepseg_gc", "graphcut", "randomwalker", "geodesic"}
+    expected |= {"midepseg_cue_euclidean", "grabcut"} if ndim == 2 else set()
     assert expected <= set(ran)
 
 

@@ -1,4 +1,4 @@
-"""Exponentialized geodesic distance (paper Eq. 1-2) and the AddEGDCued transform."""
+"""Exponentialized geodesic distance (paper Eq. 1-2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from lib.transforms.egd import (
     GEODESIC_ITERATIONS,
-    AddEGDCued,
     exponentialized_geodesic_distance,
     geodesic_distance,
     geodesic_intensity,
@@ -95,26 +94,6 @@ def test_egd_without_points_is_zero(shape):
 def test_egd_on_a_constant_image_is_one():
     egd = exponentialized_geodesic_distance(np.full((10, 12), 5.0), [[0, 0]])
     np.testing.assert_allclose(egd, 1.0, atol=1e-3)
-
-
-@pytest.mark.parametrize("fixture", ["disk_2d", "ball_3d"])
-def test_add_egd_cue_transform(request, fixture):
-    image, mask = request.getfixturevalue(fixture)
-    centre = np.argwhere(mask).mean(0).round().astype(np.int64)
-    pts = np.stack([centre, np.zeros_like(centre)])
-    two_channels = np.concatenate([image, -image])  # only the first channel is used
-    out = AddEGDCued("image", points_key="pts", cue_key="egd")({"image": two_channels, "pts": pts})
-    cue = out["egd"]
-    assert cue.shape == (1,) + mask.shape and cue.dtype == np.float32
-    np.testing.assert_allclose(cue[0], exponentialized_geodesic_distance(image[0], pts))
-    _check_range_and_seeds(cue[0], pts)
-    assert out["image"] is two_channels  # the image itself is not replaced
-
-
-def test_add_egd_cue_transform_without_points():
-    image = np.random.RandomState(0).rand(1, 12, 12).astype(np.float32)
-    out = AddEGDCued("image")({"image": image, "margin_points_crop": np.zeros((0, 2), dtype=np.int64)})
-    assert out["cue"].shape == (1, 12, 12) and not out["cue"].any()
 
 
 @pytest.mark.parametrize("shape", [(160, 160), (37, 91), (91, 37)])

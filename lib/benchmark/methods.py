@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from lib.infers.midepseg_infer import WORK_VOXELS  # the classic methods use MIDeepSeg's refinement grid
 from lib.transforms.crop import crop_and_resize, crop_spacing, points_to_crop, relaxed_box, restore_from_crop, work_grid_size
+from lib.transforms.cues import CUE_ENCODINGS, check_encoding
 from lib.transforms.egd import geodesic_intensity
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, graph_cut
 from lib.transforms.intensity import unit_range
@@ -130,6 +131,8 @@ class MIDeepSegMethod(Method):
             the clicks as hard constraints only ("GC" of the paper's Tables 3/7).
         model_dir: folder with ``midepseg_2d.pt``/``midepseg_3d.pt``.
         untrained: seeded random weights instead of the model file (tests, sanity checks).
+        cue: cue encoding (:mod:`lib.transforms.cues`) of a network trained with it, given
+            by ``model_file`` (the cue ablation, paper Tables 2/6).
     """
 
     hard_constraints = True
@@ -141,14 +144,21 @@ class MIDeepSegMethod(Method):
         model_dir: str | os.PathLike | None = None,
         device: str = "cpu",
         untrained: bool = False,
+        cue: str = "egd",
+        model_file: str | os.PathLike | None = None,
     ) -> None:
         if dim not in (2, 3):
             raise ValueError(f"MIDeepSeg: dim must be 2 or 3, got {dim}")
         self.dim = dim
         self.dims = (dim,)
         self.fusion = fusion
+        self.cue = check_encoding(cue)
+        self.model_file = model_file
         self.key = "midepseg" if fusion else "midepseg_gc"
         self.name = "MIDeepSeg" if fusion else "MIDeepSeg GC (no fusion)"
+        if model_file is not None:
+            self.key += f"_cue_{cue}"
+            self.name += f" [{cue} cue, ablation net]"
         self.model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
         self.device = device
         self.untrained = untrained
@@ -175,6 +185,9 @@ class MIDeepSegMethod(Method):
         config = (MIDeepSeg2DConfig if self.dim == 2 else MIDeepSeg3DConfig)()
         config.init(f"midepseg_{self.dim}d", str(self.model_dir), {}, None)
         task = config.infer()
+        task.cue = self.cue
+        if self.model_file is not None:
+            task.path = [str(self.model_file)]
         if self.untrained:
             task.path = []
             torch.manual_seed(0)
@@ -527,8 +540,10 @@ def build_methods(
     model_dir: str | os.PathLike | None = None,
     device: str = "cpu",
     untrained: bool = False,
+    ablation_dir: str | os.PathLike | None = None,
 ) -> tuple[list[Method], dict[str, str]]:
-    """Instantiate the methods named by ``keys`` (see ``METHOD_KEYS``) for ``dims``.
+    """Instantiate the methods named by ``keys`` (see ``METHOD_KEYS``) for ``dims``, plus
+    MIDeepSeg once per network ``<ablation_dir>/midepseg_<dim>d_<cue>.pt`` (cue ablation).
 
     Returns:
         ``(methods, unavailable)``: the usable methods (MIDeepSeg once per dimension) and
@@ -549,4 +564,9 @@ def build_methods(
             unavailable[key] = why
         elif any(d in method.dims for d in dims):
             methods.append(method)
+    for dim in dims if ablation_dir else ():
+        for cue in CUE_ENCODINGS:
+            path = Path(ablation_dir) / f"midepseg_{dim}d_{cue}.pt"
+            if path.exists():
+                methods.append(MIDeepSegMethod(dim, model_dir=model_dir, device=device, cue=cue, model_file=path))
     return methods, unavailable

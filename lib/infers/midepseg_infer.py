@@ -29,6 +29,7 @@ from lib.infers.image_cache import CachedLoadImaged, LRUCache
 from lib.networks import inference_dtype, predict_probability
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
 from lib.transforms.crop import CropByMarginPointsd, RestoreFromCropd, points_to_crop, resample
+from lib.transforms.cues import check_encoding
 from lib.transforms.fusion import InformationFusiond, click_distance
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd
 from lib.transforms.stage1 import crop_transforms, cue_transforms
@@ -75,6 +76,7 @@ class MIDeepSegInfer(BasicInferTask):
         labels: Sequence[str] = ("object",),
         work_voxels: int | None = None,
         precision: str = "auto",
+        cue: str = "egd",
         **kwargs,
     ) -> None:
         super().__init__(
@@ -93,6 +95,7 @@ class MIDeepSegInfer(BasicInferTask):
         self.work_voxels = work_voxels or WORK_VOXELS[dimension]
         inference_dtype(precision, "cpu")  # fail at start-up on an unknown precision
         self.precision = precision
+        self.cue = check_encoding(cue)
         self._loader = CachedLoadImaged(keys="image")
         self._work_crop = _CachedWorkCrop(self.work_voxels)
         self._distances = _CachedClickDistances()
@@ -153,7 +156,7 @@ class MIDeepSegInfer(BasicInferTask):
             crop = Compose(crop_transforms(self.spatial_size))(
                 {"image": data["image"], "margin_points": data["margin_points"], "spacing": data.get("spacing")}
             )
-            net_input = Compose(cue_transforms())(crop)["image"]
+            net_input = Compose(cue_transforms(self.cue))(crop)["image"]
             timing["egd"] = time.perf_counter() - start
             start = time.perf_counter()
             network = self._get_network(device, data)

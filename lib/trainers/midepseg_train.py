@@ -41,6 +41,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.trainers.handlers import AtomicPublisher, LearningCurves
 from lib.transforms.margin_points import ExtremeMarginPointsd, SimulateMarginPointsd
+from lib.transforms.cues import check_encoding
 from lib.transforms.stage1 import crop_transforms, cue_transforms
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class MIDeepSegTrain(BasicTrainTask):
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         subject_pattern: str = r"^(.*?)(?:\.nii\.gz|\.nii|\.nrrd|\.png|\.jpg)?$",
+        cue: str = "egd",
         config: dict | None = None,
         **kwargs,
     ) -> None:
@@ -120,6 +122,7 @@ class MIDeepSegTrain(BasicTrainTask):
         self.lr = lr
         self.weight_decay = weight_decay
         self.subject_pattern = subject_pattern
+        self.cue = check_encoding(cue)
         self._final_publish_path = publish_path
         defaults = {
             "max_epochs": 50,
@@ -212,7 +215,7 @@ class MIDeepSegTrain(BasicTrainTask):
             + [SimulateMarginPointsd(keys="label")]
             + crop_transforms(self.spatial_size, keys=keys, modes=("bilinear", "nearest"))
             + intensity_aug
-            + cue_transforms()
+            + cue_transforms(self.cue)
             + self._output_transforms()
         )
 
@@ -221,7 +224,7 @@ class MIDeepSegTrain(BasicTrainTask):
             self._load_transforms()
             + [ExtremeMarginPointsd(keys="label")]
             + crop_transforms(self.spatial_size, keys=["image", "label"], modes=("bilinear", "nearest"))
-            + cue_transforms()
+            + cue_transforms(self.cue)
             + self._output_transforms()
         )
 

@@ -23,6 +23,7 @@ from monailabel.datastore.local import LocalDatastore
 
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
 from lib.trainers.midepseg_train import MIDeepSegTrain
+from lib.transforms.cues import CUE_ENCODINGS
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--from-scratch", action="store_true", help="ignore an existing published model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cue", choices=CUE_ENCODINGS, default="egd", help="cue encoding of the margin points (ablation)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         publish_path=str(args.output),
         lr=args.lr,
         subject_pattern=args.subject_pattern,
+        cue=args.cue,
     )
     request = {
         "name": "cli",

@@ -2,14 +2,15 @@
 
 * ``margin_points``: simulated interior margin points (paper 2.1)
 * ``crop``: relaxed bounding box, crop + resize, and the inverse
-* ``egd``: exponentialized geodesic distance cue (Eq. 1-2)
+* ``egd``: exponentialized geodesic distance (Eq. 1-2)
+* ``cues``: the cue channel of the network input (EGD, and the encodings it is compared with)
 * ``fusion``: information fusion of CNN output and clicks (Eq. 3-7)
 * ``graph_cut``: graph cut refinement (Eq. 8-11)
 * ``robot_user``: simulated corrective clicks for evaluation
 """
 
 from .crop import CropByMarginPointsd, RestoreFromCropd
-from .egd import AddEGDCued
+from .cues import AddCueMapd
 from .fusion import InformationFusiond
 from .graph_cut import GraphCutd
 from .margin_points import ExtremeMarginPointsd, SimulateMarginPointsd
@@ -17,7 +18,7 @@ from .robot_user import AddCorrectiveClickd
 
 __all__ = [
     "AddCorrectiveClickd",
-    "AddEGDCued",
+    "AddCueMapd",
     "CropByMarginPointsd",
     "ExtremeMarginPointsd",
     "GraphCutd",

@@ -24,13 +24,8 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import GeodisTK
 import numpy as np
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
-from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from .validation import points_to_mask, validate_points
 
@@ -91,33 +86,3 @@ def exponentialized_geodesic_distance(
     if len(np.asarray(points).reshape(-1)) == 0:
         return np.zeros(img.shape, dtype=np.float32)
     return np.exp(-geodesic_distance(img, points, iterations)).astype(np.float32)
-
-
-class AddEGDCued(MapTransform):
-    """Add the EGD cue map of ``data[points_key]`` computed on ``data[key]``.
-
-    ``keys`` name the (cropped) image, ``(C, *spatial)``; the first channel is used. The cue
-    is written to ``data[cue_key]`` as ``(1, *spatial)`` float32 in [0, 1].
-    Concatenate it with the image with MONAI's ``ConcatItemsd``.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        points_key: str = "margin_points_crop",
-        cue_key: str = "cue",
-        iterations: int = GEODESIC_ITERATIONS,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.points_key = points_key
-        self.cue_key = cue_key
-        self.iterations = iterations
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            image = convert_to_numpy(d[key])[0]
-            cue = exponentialized_geodesic_distance(image, d[self.points_key], self.iterations)
-            d[self.cue_key] = convert_to_dst_type(cue[None], d[key], dtype=np.float32)[0]
-        return d

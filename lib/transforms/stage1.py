@@ -9,7 +9,7 @@ from typing import Sequence
 from monai.transforms import ConcatItemsd, NormalizeIntensityd
 
 from .crop import CropByMarginPointsd
-from .egd import AddEGDCued
+from .cues import AddCueMapd
 
 
 def crop_transforms(spatial_size: Sequence[int], keys: Sequence[str] = ("image",), modes: Sequence[str] = ("bilinear",)) -> list:
@@ -20,9 +20,10 @@ def crop_transforms(spatial_size: Sequence[int], keys: Sequence[str] = ("image",
     ]
 
 
-def cue_transforms() -> list:
-    """EGD cue of the margin points on the cropped image, stacked as channel 2 of ``image``."""
+def cue_transforms(encoding: str = "egd") -> list:
+    """Cue map of the margin points on the cropped image (EGD unless another ``encoding`` of
+    :mod:`.cues` is asked for), stacked as channel 2 of ``image``."""
     return [
-        AddEGDCued(keys="image", points_key="margin_points_crop", cue_key="cue"),
+        AddCueMapd(keys="image", encoding=encoding, points_key="margin_points_crop", cue_key="cue"),
         ConcatItemsd(keys=["image", "cue"], name="image"),
     ]

@@ -1,0 +1,68 @@
+"""Assemble the shipped models' training folders (symbolic links, nothing copied) from the
+development data and the folders written by ``prepare_brats.py``/``prepare_anatomy.py``,
+leaving out everything the generalisation check and the tests report as held out:
+
+* ``--dim 2``: HC18 images except the validation subjects of
+  ``scripts/evaluate_generalisation.py`` (same split), plus ``--anatomy`` 2D slices;
+* ``--dim 3``: ``--brats`` objects except those of the held-out case ``pat0005``, plus
+  ``--anatomy`` volumes.
+
+    python scripts/make_training_mix.py --dim 3 --brats runs/data/brats3d --anatomy runs/data/anatomy3d --out runs/data/mix3d
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lib.trainers.midepseg_train import group_partition  # noqa: E402
+from scripts.evaluate_generalisation import DATA  # noqa: E402
+
+logger = logging.getLogger("make_training_mix")
+HELD_OUT_BRATS = "pat0005"
+
+
+def link(pairs: list[tuple[Path, Path]], out: Path) -> int:
+    """Link each (image, label) pair into ``out``/images and ``out``/labels under the image's name."""
+    for folder in ("images", "labels"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    for image, label in pairs:
+        for src, dst in ((image, out / "images" / image.name), (label, out / "labels" / image.name)):
+            if not dst.exists():
+                dst.symlink_to(src.resolve())
+    return len(pairs)
+
+
+def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
+    return [(p, root / "labels" / p.name) for p in sorted((root / "images").iterdir()) if (root / "labels" / p.name).exists()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dim", type=int, choices=(2, 3), required=True)
+    parser.add_argument("--anatomy", type=Path, required=True, help="output of prepare_anatomy.py")
+    parser.add_argument("--brats", type=Path, help="3D: output of prepare_brats.py")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    pairs = folder_pairs(args.anatomy)
+    if args.dim == 2:
+        items = [{"image": str(p)} for p in sorted((DATA / "hc18" / "images").iterdir())]
+        train, _ = group_partition(items, 0.1, r"^(\d+)_", 0)  # evaluate_generalisation's split
+        pairs += [(Path(d["image"]), DATA / "hc18" / "labels" / Path(d["image"]).name) for d in train]
+    else:
+        if args.brats is None:
+            parser.error("--dim 3 needs --brats")
+        pairs += [pair for pair in folder_pairs(args.brats) if not pair[0].name.startswith(HELD_OUT_BRATS)]
+    logger.info("%d training pairs in %s", link(pairs, args.out), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
