@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -118,13 +119,32 @@ def decode_labelmap(answer: dict) -> np.ndarray:
     return data.reshape(answer["dimensions"], order="F")
 
 
-def logged_infer_requests(server_log: str | Path) -> list[dict]:
-    """The ``Infer Request: {...}`` lines of a MONAI Label server log, parsed."""
-    requests = []
-    for line in Path(server_log).read_text(errors="replace").splitlines():
-        if "Infer Request: {" in line:
-            requests.append(ast.literal_eval(line[line.index("Infer Request: ") + len("Infer Request: ") :]))
-    return requests
+def logged_infer_requests(server_log: str | Path, final: bool = False) -> list[dict]:
+    """The infer requests a MONAI Label server logged, parsed: as received (``Infer Request:``)
+    or, with ``final``, after the task's defaults were merged in (``Infer Request (final):``)."""
+    marker = "Infer Request (final): " if final else "Infer Request: "
+    lines = Path(server_log).read_text(errors="replace").splitlines()
+    return [ast.literal_eval(line[line.index(marker) + len(marker) :]) for line in lines if marker + "{" in line]
+
+
+def read_nrrd(data: bytes, work_dir: str | Path) -> np.ndarray:
+    """An NRRD file's voxels (pynrrd, axes as stored: (column, row, slice) for the server's answers)."""
+    import nrrd
+
+    path = Path(work_dir) / "answer.nrrd"
+    path.write_bytes(data)
+    return nrrd.read(str(path))[0]
+
+
+def non_loopback_address() -> str | None:
+    """An address of this machine that is not on the loopback interface (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 def check_clicks(request: dict, foreground, background, reference: np.ndarray) -> None:

@@ -21,9 +21,12 @@ installed (``scripts/setup_ohif.sh`` installs them; ``.ci/run`` calls it).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import socket
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -43,16 +46,19 @@ from ohif_browser import (
     check_mask,
     decode_labelmap,
     logged_infer_requests,
+    non_loopback_address,
+    read_nrrd,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = Path(os.environ.get("OHIF_SCREENSHOTS", REPO_ROOT / "runs" / "ohif_browser"))
 MODEL = "midepseg_3d"
-# The sample spleen with the shipped 3D weights: stage 1 Dice measured 0.90 in the browser
-# session (0.90 through the Python client); after the corrective click ~0.90. A wrong voxel
-# frame (flipped/transposed clicks or mask) gives Dice near 0; 0.7 leaves room for retrained
-# weights without letting a misplaced result pass.
-MIN_DICE = 0.3
+# Dice against the reference spleen, shipped 3D weights (trained on tumours only: the spleen
+# is an unseen object). Measured in this session: 0.506 after the 6 margin points, 0.687
+# after the corrective click. A mask in a wrong voxel frame (flipped or transposed clicks
+# or result) scores near 0; the bounds leave ~0.1 for retrained weights.
+MIN_DICE_STAGE1 = 0.4
+MIN_DICE = 0.55
 
 
 def _skip_reason() -> str | None:
@@ -154,11 +160,14 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
         screenshot(browser, "stage1_result")
         stage1 = decode_labelmap(browser("segment"))
         assert stage1.shape == reference.shape
+        answer1 = read_nrrd(base64.b64decode(first["nrrd"]), tmp_path)
+        np.testing.assert_array_equal(stage1 > 0, answer1 > 0, "the viewer must paint exactly the server's answer")
         request = logged_infer_requests(stack.app_log)[-1]
         assert request["model"] == MODEL and request["image"] == geometry.series_uid
-        assert "label" not in request, "OHIF sends no label key (the default margin_points applies)"
+        assert "label" not in request and "margin_points" not in request, request
+        assert logged_infer_requests(stack.app_log, final=True)[-1]["margin_points"] == 6  # the default applies
         check_clicks(request, margin, [], reference)
-        dice_stage1 = check_mask(stage1 > 0, reference, MIN_DICE)
+        dice_stage1 = check_mask(stage1 > 0, reference, MIN_DICE_STAGE1)
 
         click = corrective_click(stage1 > 0, reference, spacing, margin)
         assert click is not None, "stage 1 is perfect: the refinement click tests nothing"
@@ -175,6 +184,7 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
         screenshot(browser, "refined_result")
         answer = browser("segment")
         final = decode_labelmap(answer)
+        np.testing.assert_array_equal(final > 0, read_nrrd(base64.b64decode(second["nrrd"]), tmp_path) > 0)
         request = logged_infer_requests(stack.app_log)[-1]
         check_clicks(request, foreground, background, reference)
         segment = {v: k for k, v in answer["names"].items()}.get("object")
@@ -182,6 +192,7 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
         voxels = int(answer["counts"].get(str(segment), 0))
         assert voxels == int((final == int(segment)).sum()) > 0
         dice_final = check_mask(final == int(segment), reference, MIN_DICE)
+        assert dice_final > dice_stage1, f"the refinement click did not help: {dice_stage1:.3f} -> {dice_final:.3f}"
 
         start = time.perf_counter()
         saved = browser("save", image=geometry.series_uid, label_info=[{"name": "spleen", "color": [255, 0, 0]}])
@@ -204,6 +215,20 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
     }
     (SCREENSHOTS / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nOHIF session: {json.dumps(summary)}")
+
+
+def test_ports_answer_loopback_only(stack):
+    """The app listens on 127.0.0.1 only; Orthanc (no bind-address option in 1.10) refuses
+    every client that is not on the loopback interface."""
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to test from")
+    app_port = int(stack.app_url.rsplit(":", 1)[1])
+    with pytest.raises(OSError):
+        socket.create_connection((address, app_port), timeout=5).close()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://{address}:{stack.pacs.port}/system", timeout=10)
+    assert refused.value.code in (401, 403), refused.value.code
 
 
 def test_session_fails_when_server_is_down(tmp_path):

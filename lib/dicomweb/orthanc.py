@@ -3,7 +3,7 @@
 Runs ``Orthanc <config>`` directly (no service manager) with storage in ``work_dir``, the
 DICOM (DIMSE) server off, only the DICOMweb plugin loaded and ``RemoteAccessAllowed``
 false. Orthanc 1.10 has no bind-address option: its HTTP socket listens on all interfaces,
-but it answers only clients on the loopback interface (403 for any other address).
+but it serves only clients on the loopback interface (any other address gets 401).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 //   model {name}                  open the "Point Prompts" tab and pick the model
 //   label {name}                  pick a row of the panel's label table ("background" or a label)
 //   click {world}                 show the axial slice through `world` (patient mm) and click there
-//   run {}                        press the tab's Run; wait for the /infer/ answer and the repaint
+//   run {}                        press the tab's Run; wait for the /infer/ answer (returned as
+//                                 base64 NRRD) and the repaint
 //   segment {}                    the viewer's labelmap: voxel counts per segment + base64 uint8 data
 //   save {image, label_info}      PUT the labelmap to /datastore/label (OHIF client's save_label form)
 //   screenshot {path}             PNG of the page
@@ -123,9 +124,10 @@ const commands = {
     if (response.status() !== 200) {
       return { status: response.status(), elapsed_ms: elapsed, body: (await response.text()).slice(0, 500) };
     }
+    const body = await response.body();
     await page.getByText('Running Inference for Point Prompts - Successful').first().waitFor();
     await page.waitForTimeout(500); // the labelmap is repainted right after the notification
-    return { status: 200, elapsed_ms: elapsed, url: response.url() };
+    return { status: 200, elapsed_ms: elapsed, url: response.url(), nrrd: body.toString('base64') };
   },
 
   async segment() {
