@@ -136,6 +136,27 @@ def read_nrrd(data: bytes, work_dir: str | Path) -> np.ndarray:
     return nrrd.read(str(path))[0]
 
 
+def read_seg_on_series(path: str | Path, geometry) -> np.ndarray:
+    """The first segment of a DICOM SEG file (pydicom-seg's reader) on the series' (column,
+    row, slice) grid: each frame goes to the series slice at its patient position."""
+    import pydicom
+    import pydicom_seg
+    import SimpleITK as sitk
+
+    result = pydicom_seg.SegmentReader().read(pydicom.dcmread(str(path)))
+    image = result.segment_image(sorted(result.available_segments)[0])
+    frames = sitk.GetArrayFromImage(image).transpose(2, 1, 0) > 0  # (column, row, frame)
+    if frames.shape[:2] != tuple(geometry.shape[:2]):
+        raise AssertionError(f"SEG frames are {frames.shape[:2]}, the series' slices {geometry.shape[:2]}")
+    mask = np.zeros(geometry.shape, dtype=bool)
+    for frame in range(frames.shape[2]):
+        column, row, slice_ = geometry.to_index(image.TransformIndexToPhysicalPoint((0, 0, frame)))[0]
+        if (column, row) != (0, 0):
+            raise AssertionError(f"SEG frame {frame} does not start at the series' first voxel")
+        mask[:, :, slice_] |= frames[:, :, frame]
+    return mask
+
+
 def non_loopback_address() -> str | None:
     """An address of this machine that is not on the loopback interface (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

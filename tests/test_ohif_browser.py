@@ -36,7 +36,7 @@ import pytest
 
 from lib.dicomweb.orthanc import orthanc_missing
 from lib.dicomweb.series import SeriesGeometry
-from lib.dicomweb.stack import SAMPLE_SPLEEN, OhifStack, ohif_stack
+from lib.dicomweb.stack import SAMPLE_SPLEEN, ohif_stack
 from lib.processes import free_port, group_alive
 from ohif_browser import (
     BrowserError,
@@ -48,6 +48,7 @@ from ohif_browser import (
     logged_infer_requests,
     non_loopback_address,
     read_nrrd,
+    read_seg_on_series,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -68,49 +69,8 @@ def _skip_reason() -> str | None:
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=f"OHIF browser test: {_skip_reason()}")
 
 
-def series_reference(geometry: SeriesGeometry) -> np.ndarray:
-    """The reference spleen on the series' (column, row, slice) grid, via the series geometry."""
-    source = np.asarray(nib.load(str(SAMPLE_SPLEEN)).dataobj) > 0
-    index = np.indices(geometry.shape).reshape(3, -1).T
-    src = geometry.to_source(index)
-    return source[tuple(src.T)].reshape(geometry.shape)
-
-
-def voxel_spacing(geometry: SeriesGeometry) -> np.ndarray:
-    return np.linalg.norm(np.asarray(geometry.index_to_lps)[:3, :3], axis=0)
-
-
 def _world(geometry: SeriesGeometry, point) -> list[float]:
     return geometry.to_lps(point)[0].tolist()
-
-
-def _pacs_segs(stack: OhifStack) -> list[dict]:
-    return [s for s in stack.pacs.get_json("/series?expand") if s["MainDicomTags"].get("Modality") == "SEG"]
-
-
-def _seg_mask(stack: OhifStack, series: dict, shape) -> np.ndarray:
-    """The first segment of a SEG series in Orthanc, decoded with pydicom-seg onto the series grid."""
-    import pydicom
-    import pydicom_seg
-    import SimpleITK as sitk
-
-    path = stack.pacs.work_dir / "seg.dcm"
-    with urllib.request.urlopen(f"{stack.pacs.url}/instances/{series['Instances'][0]}/file", timeout=30) as r:
-        path.write_bytes(r.read())
-    result = pydicom_seg.SegmentReader().read(pydicom.dcmread(str(path)))
-    image = result.segment_image(sorted(result.available_segments)[0])
-    mask = np.zeros(shape, dtype=bool)
-    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0) > 0  # (column, row, frame)
-    # frames -> series slices through their patient positions
-    for frame in range(array.shape[2]):
-        position = image.TransformIndexToPhysicalPoint((0, 0, frame))
-        mask[:, :, _slice_of(stack.geometry, position)] |= array[:, :, frame]
-    return mask
-
-
-def _slice_of(geometry: SeriesGeometry, lps) -> int:
-    index = np.linalg.solve(np.asarray(geometry.index_to_lps), np.r_[lps, 1.0])[:3]
-    return int(np.rint(index[2]))
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +85,9 @@ def stack(tmp_path_factory):
 def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
     timings = dict(stack.timings)
     geometry = stack.geometry
-    reference = series_reference(geometry)
+    reference = geometry.on_series_grid(np.asarray(nib.load(str(SAMPLE_SPLEEN)).dataobj) > 0)
     assert reference.sum() > 1000, "the sample reference must hold the spleen"
-    spacing = voxel_spacing(geometry)
+    spacing = geometry.spacing
     from lib.transforms.margin_points import extreme_margin_points
     from lib.transforms.robot_user import corrective_click
 
@@ -201,9 +161,11 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
     timings["browser_session"] = time.perf_counter() - session_start
     assert not browser.chromium_pids(), "Chromium outlived the browser session"
 
-    segs = _pacs_segs(stack)
+    segs = [s for s in stack.pacs.get_json("/series?expand") if s["MainDicomTags"].get("Modality") == "SEG"]
     assert len(segs) == 1, f"expected one DICOM SEG series in the PACS, found {len(segs)}"
-    stored = _seg_mask(stack, segs[0], geometry.shape)
+    seg_file = tmp_path / "seg.dcm"
+    seg_file.write_bytes(stack.pacs.get_bytes(f"/instances/{segs[0]['Instances'][0]}/file"))
+    stored = read_seg_on_series(seg_file, geometry)
     np.testing.assert_array_equal(stored, final == int(segment))
     summary = {
         "dice_stage1": round(dice_stage1, 4),

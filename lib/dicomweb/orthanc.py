@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterable
@@ -93,9 +92,13 @@ class OrthancServer:
             ids.append(answer["ID"])
         return ids
 
-    def get_json(self, path: str):
+    def get_bytes(self, path: str) -> bytes:
+        """GET ``path`` of Orthanc's REST API."""
         with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
-            return json.loads(response.read())
+            return response.read()
+
+    def get_json(self, path: str):
+        return json.loads(self.get_bytes(path))
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -103,9 +106,7 @@ class OrthancServer:
             self.proc = None
 
     def __enter__(self) -> "OrthancServer":
-        start = time.perf_counter()
         self.start()
-        logger.debug("Orthanc context entered in %.1f s", time.perf_counter() - start)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -54,17 +54,27 @@ class SeriesGeometry:
         data["shape"] = tuple(data["shape"])
         return cls(**data)
 
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size (mm) along (column, row, slice)."""
+        return np.linalg.norm(np.asarray(self.index_to_lps)[:3, :3], axis=0)
+
     def to_lps(self, index) -> np.ndarray:
         """LPS coordinates (mm) of series voxel indices ``(n, 3)``."""
         return _apply(self.index_to_lps, index)
+
+    def to_index(self, lps) -> np.ndarray:
+        """Series voxel indices (rounded) of LPS coordinates ``(n, 3)``."""
+        return np.rint(_apply(np.linalg.inv(self.index_to_lps), lps)).astype(np.int64)
 
     def to_source(self, index) -> np.ndarray:
         """Source NIfTI voxel indices (rounded) of series voxel indices ``(n, 3)``."""
         return np.rint(_apply(self.series_to_source, index)).astype(np.int64)
 
-    def from_source(self, index) -> np.ndarray:
-        """Series voxel indices (rounded) of source NIfTI voxel indices ``(n, 3)``."""
-        return np.rint(_apply(np.linalg.inv(self.series_to_source), index)).astype(np.int64)
+    def on_series_grid(self, source: np.ndarray) -> np.ndarray:
+        """An array on the source NIfTI's voxel grid (e.g. a reference label) on the series grid."""
+        index = np.indices(self.shape).reshape(3, -1).T
+        return np.asarray(source)[tuple(self.to_source(index).T)].reshape(self.shape)
 
 
 def _apply(matrix, points) -> np.ndarray:

@@ -49,11 +49,12 @@ def ohif_stack(work_dir: str | Path, nifti: str | Path = SAMPLE_CT, app_port: in
     geometry = write_ct_series(nifti, work / "dicom")
     geometry.save(work / "geometry.json")
     timings["dicom_write"] = time.perf_counter() - start
-    with OrthancServer(work / "orthanc") as pacs:
-        timings["orthanc_start"] = time.perf_counter() - start - timings["dicom_write"]
-        upload_start = time.perf_counter()
+    pacs = OrthancServer(work / "orthanc")
+    timings["orthanc_start"] = pacs.start()
+    try:
+        start = time.perf_counter()
         pacs.upload(geometry.files)
-        timings["upload"] = time.perf_counter() - upload_start
+        timings["upload"] = time.perf_counter() - start
         port = app_port or free_port()
         log = work / "server.log"
         env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "dicomweb_cache")}
@@ -62,3 +63,5 @@ def ohif_stack(work_dir: str | Path, nifti: str | Path = SAMPLE_CT, app_port: in
             yield OhifStack(pacs, pacs.proc.pid, geometry, f"http://127.0.0.1:{port}", log, proc.pid, timings)
         finally:
             stop_group(proc)
+    finally:
+        pacs.stop()
