@@ -32,6 +32,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from lib.dicomweb.orthanc import orthanc_missing
@@ -155,9 +156,11 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
         assert dice_final > dice_stage1, f"the refinement click did not help: {dice_stage1:.3f} -> {dice_final:.3f}"
 
         start = time.perf_counter()
-        saved = browser("save", image=geometry.series_uid, label_info=[{"name": "spleen", "color": [255, 0, 0]}])
+        saved = browser("save", label_info=[{"name": "spleen", "color": [255, 0, 0]}])
         timings["save_label"] = time.perf_counter() - start
-        assert saved["status"] == 200, saved
+        assert saved["status"] == 200 and saved["series"] == geometry.series_uid, saved
+        browser("reload")
+        screenshot(browser, "study_with_saved_seg")
     timings["browser_session"] = time.perf_counter() - session_start
     assert not browser.chromium_pids(), "Chromium outlived the browser session"
 
@@ -165,7 +168,13 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
     assert len(segs) == 1, f"expected one DICOM SEG series in the PACS, found {len(segs)}"
     seg_file = tmp_path / "seg.dcm"
     seg_file.write_bytes(stack.pacs.get_bytes(f"/instances/{segs[0]['Instances'][0]}/file"))
+    seg = pydicom.dcmread(str(seg_file))
+    assert seg.FrameOfReferenceUID == geometry.frame_of_reference_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == geometry.series_uid
+    assert seg.SegmentSequence[0].SegmentLabel == "spleen"
     stored = read_seg_on_series(seg_file, geometry)
+    stats = json.loads(urllib.request.urlopen(f"{stack.app_url}/datastore/?output=stats", timeout=30).read())
+    assert stats["completed"] == 1, f"the labelled series is not counted as labelled: {stats}"
     np.testing.assert_array_equal(stored, final == int(segment))
     summary = {
         "dice_stage1": round(dice_stage1, 4),

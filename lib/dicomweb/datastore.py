@@ -53,6 +53,9 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
             os.unlink(seg_file)
         if not seg_series:
             raise HTTPException(status_code=502, detail="the DICOMweb server did not store the DICOM SEG")
+        # upstream caches the QIDO answer "which series have a SEG" for hours: forget it, so
+        # that active learning sees the new label at once
+        DICOMWebDatastore.get_labeled_images.cache_clear()
         image_info = self.get_image_info(image_id)
         logger.info("label of %s stored as DICOM SEG series %s", image_id, seg_series)
         return {

@@ -93,7 +93,11 @@ def write_dicom_seg(label_file: str | Path, series_dir: str | Path, label_info: 
     slices = {tuple(np.round(mask.TransformIndexToPhysicalPoint((0, 0, z)), 2)) for z in range(mask.GetDepth())}
     if positions != slices:
         raise ValueError("the label's slices are not at the image series' slice positions")
+    frame_of_reference = str(sources[0].FrameOfReferenceUID)
     seg = writer.write(mask, sources)
+    # pydicom-seg 0.4.1 shares the source's FrameOfReferenceUID element and then sets a new
+    # UID on it (in the source dataset too); viewers overlay a SEG only in its source's frame
+    seg.FrameOfReferenceUID = frame_of_reference
     out = tempfile.NamedTemporaryFile(suffix=".dcm", delete=False).name
     seg.save_as(out)
     logger.info("DICOM SEG with segments %s written to %s", labels, out)

@@ -10,7 +10,9 @@
 //   run {}                        press the tab's Run; wait for the /infer/ answer (returned as
 //                                 base64 NRRD) and the repaint
 //   segment {}                    the viewer's labelmap: voxel counts per segment + base64 uint8 data
-//   save {image, label_info}      PUT the labelmap to /datastore/label (OHIF client's save_label form)
+//   save {label_info}             PUT the labelmap of the shown series to /datastore/label (the form
+//                                 of the panel client's save_label; the README's console snippet)
+//   reload {}                     reload the page (e.g. to see a stored SEG in the study)
 //   screenshot {path}             PNG of the page
 //   quit {}
 import { chromium } from 'playwright-core';
@@ -146,20 +148,24 @@ const commands = {
     });
   },
 
-  async save({ image, label_info }) {
-    return page.evaluate(
-      async ({ server, image, label_info }) => {
-        const volume = window.services.segmentationService.getLabelmapVolume('1');
-        const data = volume.voxelManager.getCompleteScalarDataArray();
-        const form = new FormData();
-        form.append('params', JSON.stringify({ label_info }));
-        form.append('label', new Blob([new Uint8Array(data)]), 'label.bin');
-        const url = `${server}/datastore/label?image=${encodeURIComponent(image)}&tag=final`;
-        const response = await fetch(url, { method: 'PUT', body: form });
-        return { status: response.status, body: await response.text() };
-      },
-      { server, image, label_info },
-    );
+  async save({ label_info }) {
+    // what the README tells a user to paste into the console
+    return page.evaluate(async (label_info) => {
+      const volume = window.services.segmentationService.getLabelmapVolume('1');
+      const series = window.services.displaySetService.getActiveDisplaySets()[0].SeriesInstanceUID;
+      const form = new FormData();
+      form.append('params', JSON.stringify({ label_info }));
+      form.append('label', new Blob([new Uint8Array(volume.voxelManager.getCompleteScalarDataArray())]), 'label.bin');
+      const response = await fetch(`/datastore/label?image=${series}&tag=final`, { method: 'PUT', body: form });
+      return { series, status: response.status, body: await response.text() };
+    }, label_info);
+  },
+
+  async reload() {
+    await page.reload();
+    await page.waitForFunction(() => window.cornerstone && window.cornerstone.getRenderingEngines().length > 0);
+    await page.waitForTimeout(2000);
+    return {};
   },
 
   async screenshot({ path }) {
