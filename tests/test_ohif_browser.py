@@ -9,11 +9,16 @@ spleen (chosen from the reference label) on their axial slices, runs, adds one c
 click chosen by the robot user from the returned mask, runs again, and sends the viewer's
 labelmap back as OHIF's client does (``label.bin`` to ``/datastore/label``, tag final).
 
-Asserts: the clicks the server logged are exactly the intended series voxels (inside the
-reference spleen for foreground, outside for background); the segment painted in the
-viewer is non-empty and has Dice >= MIN_DICE against the reference; the saved label is a
-DICOM SEG in Orthanc that decodes to the same mask; no process started here outlives the
-test. Screenshots of every step go to ``runs/ohif_browser/`` (or $OHIF_SCREENSHOTS).
+Asserts: the requests the server logged carry exactly the intended series voxels (foreground
+inside the reference spleen, background outside), no ``label`` key, and the default 6 margin
+points applied; the viewer painted exactly the server's NRRD answer into the ``object``
+segment (voxel count); Dice against the reference >= MIN_DICE_STAGE1 after the margin
+points and >= MIN_DICE, and higher, after the refinement click; the saved label is one
+DICOM SEG in Orthanc, in the CT's frame of reference and series, equal to the viewer's mask,
+and the series counts as labelled; the app and Orthanc serve loopback clients only; a
+session against a server that is down fails; no process started here outlives the test.
+Screenshots of every step go to ``runs/ohif_browser/`` (or $OHIF_SCREENSHOTS), with a
+``summary.json`` of the measured numbers.
 
 Skipped, with the reason, only when Orthanc, Chromium, node or playwright-core are not
 installed (``scripts/setup_ohif.sh`` installs them; ``.ci/run`` calls it).
@@ -63,15 +68,25 @@ MIN_DICE_STAGE1 = 0.4
 MIN_DICE = 0.55
 
 
-def _skip_reason() -> str | None:
-    return orthanc_missing() or browser_missing()
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=f"OHIF browser test: {_skip_reason()}")
+_MISSING = {"browser": browser_missing(), "stack": orthanc_missing() or browser_missing()}
+needs_browser = pytest.mark.skipif(_MISSING["browser"] is not None, reason=f"OHIF browser test: {_MISSING['browser']}")
+needs_stack = pytest.mark.skipif(_MISSING["stack"] is not None, reason=f"OHIF browser test: {_MISSING['stack']}")
 
 
 def _world(geometry: SeriesGeometry, point) -> list[float]:
     return geometry.to_lps(point)[0].tolist()
+
+
+def _run(browser: OhifBrowser, work_dir: Path) -> tuple[np.ndarray, dict, float]:
+    """Press Run; ``(the viewer's labelmap, segment answer, seconds to the server's answer)``
+    after checking that the viewer painted exactly the server's answer."""
+    ran = browser("run")
+    assert ran["status"] == 200, ran
+    answer = browser("segment")
+    labelmap = decode_labelmap(answer)
+    server_mask = read_nrrd(base64.b64decode(ran["nrrd"]), work_dir)
+    np.testing.assert_array_equal(labelmap > 0, server_mask > 0, "the viewer must paint exactly the server's answer")
+    return labelmap, answer, ran["elapsed_ms"] / 1000
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +98,7 @@ def stack(tmp_path_factory):
         assert not group_alive(pgid), f"{name} (process group {pgid}) outlived the test"
 
 
+@needs_stack
 def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
     timings = dict(stack.timings)
     geometry = stack.geometry
@@ -115,14 +131,9 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
             browser("click", world=_world(geometry, point))
         timings["margin_clicks"] = time.perf_counter() - start
         screenshot(browser, "margin_points")
-        first = browser("run")
-        assert first["status"] == 200, first
-        timings["infer_stage1"] = first["elapsed_ms"] / 1000
+        stage1, _, timings["infer_stage1"] = _run(browser, tmp_path)
         screenshot(browser, "stage1_result")
-        stage1 = decode_labelmap(browser("segment"))
         assert stage1.shape == reference.shape
-        answer1 = read_nrrd(base64.b64decode(first["nrrd"]), tmp_path)
-        np.testing.assert_array_equal(stage1 > 0, answer1 > 0, "the viewer must paint exactly the server's answer")
         request = logged_infer_requests(stack.app_log)[-1]
         assert request["model"] == MODEL and request["image"] == geometry.series_uid
         assert "label" not in request and "margin_points" not in request, request
@@ -139,13 +150,8 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
         browser("click", world=_world(geometry, point))
         browser("label", name="object")
         screenshot(browser, "refinement_click")
-        second = browser("run")
-        assert second["status"] == 200, second
-        timings["infer_refine"] = second["elapsed_ms"] / 1000
+        final, answer, timings["infer_refine"] = _run(browser, tmp_path)
         screenshot(browser, "refined_result")
-        answer = browser("segment")
-        final = decode_labelmap(answer)
-        np.testing.assert_array_equal(final > 0, read_nrrd(base64.b64decode(second["nrrd"]), tmp_path) > 0)
         request = logged_infer_requests(stack.app_log)[-1]
         check_clicks(request, foreground, background, reference)
         segment = {v: k for k, v in answer["names"].items()}.get("object")
@@ -188,6 +194,7 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
     print(f"\nOHIF session: {json.dumps(summary)}")
 
 
+@needs_stack
 def test_ports_answer_loopback_only(stack):
     """The app listens on 127.0.0.1 only; Orthanc (no bind-address option in 1.10) refuses
     every client that is not on the loopback interface."""
@@ -202,6 +209,7 @@ def test_ports_answer_loopback_only(stack):
     assert refused.value.code in (401, 403), refused.value.code
 
 
+@needs_browser
 def test_session_fails_when_server_is_down(tmp_path):
     """Connecting the panel to a port where nothing listens must fail the session."""
     dead = f"http://127.0.0.1:{free_port()}"
