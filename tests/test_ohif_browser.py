@@ -209,6 +209,16 @@ def test_ports_answer_loopback_only(stack):
     assert refused.value.code in (401, 403), refused.value.code
 
 
+@needs_stack
+def test_unknown_series_is_404(stack):
+    import requests
+
+    response = requests.post(
+        f"{stack.app_url}/infer/{MODEL}", params={"image": "1.2.3.4"}, files={"params": (None, "{}")}, timeout=60
+    )
+    assert response.status_code == 404 and "1.2.3.4" in response.text, (response.status_code, response.text[:300])
+
+
 @needs_browser
 def test_session_fails_when_server_is_down(tmp_path):
     """Connecting the panel to a port where nothing listens must fail the session."""

@@ -26,6 +26,14 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
     saved with tag ``final`` is stored as DICOM SEG on the server (STOW-RS) and in the local
     cache, other tags only in the cache. OHIF's raw ``label.bin`` uploads are accepted."""
 
+    def get_image_uri(self, image_id: str) -> str:
+        """The cached NIfTI of series ``image_id`` (fetched on first use); "" for a series the
+        DICOMweb server does not have (upstream raises IndexError, answered as HTTP 500)."""
+        cached = os.path.isdir(os.path.join(self._datastore.image_path(), image_id))
+        if not cached and not self._client.search_for_series(search_filters={"SeriesInstanceUID": image_id}):
+            return ""
+        return super().get_image_uri(image_id)
+
     def save_label(
         self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any], label_id: str = ""
     ) -> str:
