@@ -1,7 +1,7 @@
 """Start a PACS (Orthanc + DICOMweb) with the sample CT as a DICOM series and the MIDeepSeg
 app on it, print the OHIF address, and serve until Ctrl-C (which stops both).
 
-    .venv/bin/python scripts/ohif_demo.py [--work runs/ohif_demo] [--port 8000]
+    .venv/bin/python scripts/ohif_demo.py [--work runs/ohif_demo] [--port 8000] [--orthanc-port 8042]
 (``bash scripts/run_ohif_demo.sh`` sets up the venv and the Debian packages first.)
 """
 
@@ -25,11 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ohif_demo", help="fresh folder for PACS, cache, logs")
     parser.add_argument("--port", type=int, default=8000, help="MONAI Label server port (127.0.0.1)")
+    parser.add_argument("--orthanc-port", type=int, default=8042, help="Orthanc HTTP/DICOMweb port")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     shutil.rmtree(args.work, ignore_errors=True)  # a fresh PACS and cache every time
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the children on `kill` too
-    with ohif_stack(args.work, app_port=args.port) as stack:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C, `kill`, closed terminal
+        signal.signal(sig, lambda *_: sys.exit(0))  # unwinds the `with`, which stops both servers
+    with ohif_stack(args.work, app_port=args.port, pacs_port=args.orthanc_port) as stack:
         print(
             f"\nOrthanc (DICOMweb): {stack.pacs.dicomweb_url}   (Orthanc log {stack.pacs.log})\n"
             f"MONAI Label:        {stack.app_url}   (log {stack.app_log})\n"
@@ -37,10 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Open in Chromium/Chrome:\n  {stack.viewer_url}\n\nCtrl-C stops both servers.",
             flush=True,
         )
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        signal.pause()
     return 0
 
 

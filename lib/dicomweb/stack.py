@@ -39,9 +39,11 @@ class OhifStack:
 
 
 @contextlib.contextmanager
-def ohif_stack(work_dir: str | Path, nifti: str | Path = SAMPLE_CT, app_port: int | None = None) -> Iterator[OhifStack]:
+def ohif_stack(
+    work_dir: str | Path, nifti: str | Path = SAMPLE_CT, app_port: int | None = None, pacs_port: int | None = None
+) -> Iterator[OhifStack]:
     """Write ``nifti`` as a DICOM CT series, load it into a new Orthanc and start the app with
-    ``--studies <orthanc>/dicom-web`` (DICOMweb cache under ``work_dir``)."""
+    ``--studies <orthanc>/dicom-web`` (DICOMweb cache under ``work_dir``; free ports unless given)."""
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -49,7 +51,7 @@ def ohif_stack(work_dir: str | Path, nifti: str | Path = SAMPLE_CT, app_port: in
     geometry = write_ct_series(nifti, work / "dicom")
     geometry.save(work / "geometry.json")
     timings["dicom_write"] = time.perf_counter() - start
-    pacs = OrthancServer(work / "orthanc")
+    pacs = OrthancServer(work / "orthanc", pacs_port)
     timings["orthanc_start"] = pacs.start()
     try:
         start = time.perf_counter()
