@@ -3,7 +3,6 @@ waiting for an HTTP service to answer."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
@@ -13,8 +12,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Sequence
-
-logger = logging.getLogger(__name__)
 
 
 def free_port() -> int:

@@ -43,6 +43,7 @@ class OrthancServer:
         self.port = port or free_port()
         self.log = self.work_dir / "orthanc.log"
         self.proc = None
+        self.startup_s = 0.0
 
     @property
     def url(self) -> str:
@@ -66,19 +67,18 @@ class OrthancServer:
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
 
-    def start(self) -> float:
-        """Start Orthanc and wait until it answers; returns the start-up time in seconds."""
+    def start(self) -> None:
+        """Start Orthanc and wait until it answers (``startup_s``: how long that took)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "orthanc.json"
         config.write_text(json.dumps(self.config(), indent=1))
         self.proc = start_group(["Orthanc", str(config)], self.log)
         try:
-            seconds = wait_http(f"{self.url}/system", self.proc, STARTUP_TIMEOUT_S, self.log)
+            self.startup_s = wait_http(f"{self.url}/system", self.proc, STARTUP_TIMEOUT_S, self.log)
         except RuntimeError:
             self.stop()
             raise
-        logger.info("Orthanc up in %.1f s at %s (log %s)", seconds, self.url, self.log)
-        return seconds
+        logger.info("Orthanc up in %.1f s at %s (log %s)", self.startup_s, self.url, self.log)
 
     def upload(self, files: Iterable[str | Path]) -> list[str]:
         """POST each DICOM file to ``/instances``; returns Orthanc's instance ids."""

@@ -51,9 +51,8 @@ def ohif_stack(
     geometry = write_ct_series(nifti, work / "dicom")
     geometry.save(work / "geometry.json")
     timings["dicom_write"] = time.perf_counter() - start
-    pacs = OrthancServer(work / "orthanc", pacs_port)
-    timings["orthanc_start"] = pacs.start()
-    try:
+    with OrthancServer(work / "orthanc", pacs_port) as pacs:
+        timings["orthanc_start"] = pacs.startup_s
         start = time.perf_counter()
         pacs.upload(geometry.files)
         timings["upload"] = time.perf_counter() - start
@@ -61,9 +60,8 @@ def ohif_stack(
         log = work / "server.log"
         env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "dicomweb_cache")}
         proc, timings["app_start"] = start_app_server(pacs.dicomweb_url, port, log, env=env)
+        logger.info("MIDeepSeg app up in %.1f s on http://127.0.0.1:%d (log %s)", timings["app_start"], port, log)
         try:
             yield OhifStack(pacs, pacs.proc.pid, geometry, f"http://127.0.0.1:{port}", log, proc.pid, timings)
         finally:
             stop_group(proc)
-    finally:
-        pacs.stop()
