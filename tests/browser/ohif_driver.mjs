@@ -128,7 +128,6 @@ const commands = {
     }
     const body = await response.body();
     await page.getByText('Running Inference for Point Prompts - Successful').first().waitFor();
-    await page.waitForTimeout(500); // the labelmap is repainted right after the notification
     return { status: 200, elapsed_ms: elapsed, url: response.url(), nrrd: body.toString('base64') };
   },
 
