@@ -16,16 +16,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from lib.app_server import start_app_server
+from lib.processes import free_port, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
@@ -34,7 +33,6 @@ SHIPPED_MODELS = REPO_ROOT / "apps" / "midepseg" / "model"
 HC18_CASE = "800_HC"  # an HC18 subject with NNN >= 790
 SPLEEN, LIVER = 1, 5  # TotalSegmentator v2 classes
 CROP = (slice(0, 60), slice(10, 72), slice(None))  # CT crop around the spleen for the non-RAS copy
-STARTUP_TIMEOUT_S = 240
 TRAIN_TIMEOUT_S = 300
 
 # Quality bounds, applied when the shipped weights exist.
@@ -70,12 +68,6 @@ class Server:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _write_non_ras_copy(image_src: Path, label_src: Path, image_dst: Path, label_dst: Path, value: int) -> None:
     """Crop the CT, swap its first two axes and flip axes 0 and 2; save with the matching
     affine (axis codes P, R, I): same anatomy, non-identity non-RAS voxel grid."""
@@ -99,22 +91,6 @@ def _write_non_ras_copy(image_src: Path, label_src: Path, image_dst: Path, label
     nib.save(nib.Nifti1Image(mask, affine), str(label_dst))
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and everything it started (training subprocesses included)."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:
     if not SHARED_DATA.is_dir():
@@ -125,7 +101,7 @@ def server(tmp_path_factory) -> Server:
     missing = [p for p in (hc18_image, hc18_label, ct, ct_labels) if not p.is_file()]
     if missing:
         pytest.skip(f"development data incomplete: {missing}")
-    requests = pytest.importorskip("requests")
+    pytest.importorskip("requests")
     from monailabel.client import MONAILabelClient
 
     root = tmp_path_factory.mktemp("midepseg_server")
@@ -138,42 +114,19 @@ def server(tmp_path_factory) -> Server:
     shutil.copy(ct_labels, refs / "ct_labels.nii.gz")
     _write_non_ras_copy(ct, ct_labels, studies / "ct_pri.nii.gz", refs / "ct_pri_spleen.nii.gz", SPLEEN)
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ)
-    # MONAI Label's training subprocess reads PYTHONPATH (the `monailabel` script sets it).
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     log = root / "server.log"
-    cmd = [
-        sys.executable, "-m", "monailabel.main", "start_server",
-        "--app", str(REPO_ROOT / "apps" / "midepseg"),
-        "--studies", str(studies),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--conf", "model_dir", str(model_dir),
-    ]  # fmt: skip
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
     srv = Server(url, root, studies, model_dir, refs, log, MONAILabelClient(url, tmpdir=str(client_dir)))
     try:
-        start = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode} during startup:\n{srv.log_tail()}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.perf_counter() - start > STARTUP_TIMEOUT_S:
-                pytest.fail(f"server did not answer /info/ within {STARTUP_TIMEOUT_S} s:\n{srv.log_tail()}")
-            time.sleep(1.0)
-        print(f"\nserver up in {time.perf_counter() - start:.1f} s at {url} (log {log})")
+        proc, seconds = start_app_server(studies, port, log, conf={"model_dir": str(model_dir)})
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        print(f"\nserver up in {seconds:.1f} s at {url} (log {log})")
         yield srv
     finally:
-        _stop(proc)
+        stop_group(proc)
 
 
 # ---------------------------------------------------------------------------- helpers

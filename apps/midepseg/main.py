@@ -1,6 +1,10 @@
 """MONAI Label app serving MIDeepSeg (2D and 3D) to 3D Slicer and OHIF.
 
     monailabel start_server --app apps/midepseg --studies <folder> --host 127.0.0.1
+    monailabel start_server --app apps/midepseg --studies http://127.0.0.1:8042/dicom-web --host 127.0.0.1
+
+With a DICOMweb ``--studies`` URL the app starts offline (no dcmqi download) and saves final
+labels back to the PACS as DICOM SEG written by pydicom-seg (``lib.dicomweb.datastore``).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ if str(ROOT) not in sys.path:
 
 from fastapi import HTTPException  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.interfaces.datastore import Datastore  # noqa: E402
 from monailabel.tasks.activelearning.first import First  # noqa: E402
 from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from monailabel.utils.others.generic import device_map  # noqa: E402
 
 from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig, MIDeepSegConfig  # noqa: E402
+from lib.dicomweb.datastore import dicomweb_datastore  # noqa: E402
 from lib.infers.image_cache import SHARED_LOADER  # noqa: E402
 from lib.infers.midepseg_infer import warm_up_label_writer  # noqa: E402
 
@@ -62,6 +68,12 @@ class MIDeepSegApp(MONAILabelApp):
         for device in set(device_map().values()):
             for task in self._infers.values():
                 task.warm_up(device)
+
+    def _init_dicomweb_datastore(self) -> Datastore:
+        """DICOMweb studies without dcmqi: upstream downloads ``itkimage2segimage`` here (and
+        fails offline); this datastore writes DICOM SEG with pydicom-seg instead."""
+        logger.info("Using DICOMweb: %s (DICOM SEG written by pydicom-seg)", self.studies)
+        return dicomweb_datastore(self.studies)
 
     def init_infers(self):
         return {name: config.infer() for name, config in self.models.items()}
