@@ -19,6 +19,8 @@ from lib.trainers.train_cli import main as train_main
 from lib.transforms.margin_points import extreme_margin_points
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "apps" / "midepseg" / "model"
+SAMPLE_STUDY = MODEL_DIR.parent / "sample_study"
+SAMPLE_REFERENCES = MODEL_DIR.parent / "sample_references"
 
 
 def _synthetic_set(folder: Path, n: int = 8, size: int = 96) -> tuple[Path, Path]:
@@ -102,9 +104,18 @@ def test_shipped_2d_weights_on_held_out_hc18(shared_data, name):
 
 
 def test_shipped_3d_weights_on_held_out_tumour(shared_data):
-    """Tumour core of the held-out BraTS case (pat0005, never trained on). The bound is set
-    below the value in the model card."""
+    """Tumour core of the held-out BraTS case (pat0005, never trained on): 0.606 in the model
+    card; the bound leaves room for CPU/BLAS and precision (bfloat16/float32) jitter."""
     case = shared_data / "brats" / "brats_2013_pat0005_1"
     label = np.isin(np.asarray(LoadImage(image_only=True)(str(case / "OTMultiClass.nii.gz"))), (1, 3, 4))
     value = _stage1_dice(MIDeepSeg3DConfig, "midepseg_3d", str(case / "T1c_subtrMeanDivStd.nii.gz"), label)
-    assert value > 0.6, value
+    assert value > 0.55, value
+
+
+@pytest.mark.parametrize("image, bound", [("abdomen_ct.nii.gz", 0.75), ("brain_t1.nii.gz", 0.65)])
+def test_shipped_3d_weights_on_unseen_objects(image, bound):
+    """Objects no training set contained (the spleen in CT, 0.84 in the model card; the left
+    lateral ventricle in T1 MRI, 0.74), from the sample study shipped in the repo."""
+    label = np.asarray(LoadImage(image_only=True)(str(SAMPLE_REFERENCES / image))) > 0
+    dice_value = _stage1_dice(MIDeepSeg3DConfig, "midepseg_3d", str(SAMPLE_STUDY / image), label)
+    assert dice_value > bound, dice_value
