@@ -149,9 +149,9 @@ def test_graph_cut_dict_3d_with_spacing():
     prob = np.full((20, 20, 5), 0.3)
     prob[:, :, 2] = 0.8
     data = {"image": np.zeros((1, 20, 20, 5)), "pred": prob[None], "spacing": (1.0, 1.0, 10.0)}
-    assert GraphCutd("pred")(data)["pred"][0, :, :, 2].all()
+    assert GraphCutd("pred", min_kept=0)(data)["pred"][0, :, :, 2].all()
     data["spacing"] = (1.0, 1.0, 1.0)
-    assert GraphCutd("pred")(data)["pred"].sum() == 0
+    assert GraphCutd("pred", min_kept=0)(data)["pred"].sum() == 0
 
 
 def test_graph_cut_dict_margin_points_are_hard_foreground(disk_2d):
@@ -162,3 +162,23 @@ def test_graph_cut_dict_margin_points_are_hard_foreground(disk_2d):
     out = GraphCutd("pred")(data)["pred"][0]
     assert out[2, 2] == 1 and out[61, 61] == 1 and out[30, 34] == 0
     np.testing.assert_array_equal(out, graph_cut(image[0], prob, [[2, 2], [61, 61]], [[30, 34]]))
+
+
+def _soft_ball(shape=(30, 30, 30), radius=8, inside=0.6):
+    grid = np.indices(shape) - (np.array(shape) // 2)[:, None, None, None]
+    ball = (grid**2).sum(0) <= radius**2
+    image = 0.5 + 0.001 * np.random.RandomState(0).randn(*shape)  # no edge to follow
+    return image, np.where(ball, inside, 1 - inside), ball
+
+
+def test_guard_lowers_lamda_only_when_the_cut_would_erase_the_object():
+    image, prob, ball = _soft_ball()
+    fg, bg = np.array([[15, 15, 15]]), np.array([[15, 15, 10]])
+    plain = graph_cut(image, prob, fg, bg)
+    assert plain.sum() < 0.1 * ball.sum(), "premise: lamda 5 on a soft, edgeless probability erases the object"
+    guarded = graph_cut(image, prob, fg, bg, min_kept=0.25)
+    assert guarded.sum() >= 0.25 * ball.sum()
+    assert guarded[15, 15, 15] == 1 and guarded[15, 15, 10] == 0, "hard clicks still hold"
+    # a confident probability does not collapse: the guard returns the plain cut unchanged
+    confident = np.where(ball, 0.95, 0.05)
+    np.testing.assert_array_equal(graph_cut(image, confident, fg, bg, min_kept=0.25), graph_cut(image, confident, fg, bg))
