@@ -133,6 +133,7 @@ class MIDeepSegMethod(Method):
         untrained: seeded random weights instead of the model file (tests, sanity checks).
         cue: cue encoding (:mod:`lib.transforms.cues`) of a network trained with it, given
             by ``model_file`` (the cue ablation, paper Tables 2/6).
+        options: extra request parameters sent with every interaction (e.g. ``lamda``).
     """
 
     hard_constraints = True
@@ -146,6 +147,7 @@ class MIDeepSegMethod(Method):
         untrained: bool = False,
         cue: str = "egd",
         model_file: str | os.PathLike | None = None,
+        options: dict | None = None,
     ) -> None:
         if dim not in (2, 3):
             raise ValueError(f"MIDeepSeg: dim must be 2 or 3, got {dim}")
@@ -154,6 +156,7 @@ class MIDeepSegMethod(Method):
         self.fusion = fusion
         self.cue = check_encoding(cue)
         self.model_file = model_file
+        self.options = dict(options or {})
         self.key = "midepseg" if fusion else "midepseg_gc"
         self.name = "MIDeepSeg" if fusion else "MIDeepSeg GC (no fusion)"
         if model_file is not None:
@@ -242,6 +245,7 @@ class MIDeepSegMethod(Method):
             "device": self.device,
             "skip_writer": True,
             "logging": "WARNING",
+            **self.options,
         }
         _, data = self.task(request)
         pred = np.asarray(data["pred"]).astype(np.uint8)
