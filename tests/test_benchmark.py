@@ -221,6 +221,19 @@ def test_box_border_seeds_skip_faces_on_the_image_border():
     assert border[-1].all() and border[:, 0].all() and border[:, -1].all()
 
 
+def test_context_ring_surrounds_the_relaxed_box_and_stays_in_the_image():
+    ref = np.zeros((60, 80), bool)
+    ref[20:40, 5:35] = True
+    ws = BoxWorkspace(_image(ref), None, extreme_margin_points(ref), 100_000, context=0.25)
+    assert np.all(ws.box[0] <= ws.relaxed[0]) and np.all(ws.box[1] >= ws.relaxed[1])
+    assert ws.box[0][1] == 0, "the ring is clipped at the image border"
+    ring = ws.outside_relaxed()
+    assert ring.shape == tuple(ws.size) and ring.any()
+    inner = tuple(slice(a - b, c - b) for a, b, c in zip(ws.relaxed[0], ws.box[0], ws.relaxed[1]))
+    assert not ring[inner].any(), "nothing inside the relaxed box is in the ring"
+    assert not BoxWorkspace(_image(ref), None, extreme_margin_points(ref), 100_000).outside_relaxed().any()
+
+
 def test_grabcut_is_2d_only_and_reports_why_it_is_unavailable(all_methods, monkeypatch):
     _, unavailable = all_methods
     ok, _ = GrabCutMethod().available()

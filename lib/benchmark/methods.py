@@ -266,19 +266,25 @@ class MIDeepSegMethod(Method):
 
 
 class BoxWorkspace:
-    """The relaxed box of the margin points, resized to at most ``max_voxels`` voxels.
+    """The relaxed box of the margin points, optionally grown by ``context`` of its extent
+    on every side (clipped to the image), resized to at most ``max_voxels`` voxels.
 
     Attributes:
-        box: ``(2, ndim)`` box ``[start, stop)`` in the original grid.
+        relaxed: ``(2, ndim)`` relaxed box ``[start, stop)`` of the margin points.
+        box: ``(2, ndim)`` working box ``[start, stop)`` in the original grid.
         image: the cropped, resized image (float32, working grid).
         spacing: physical voxel size of the working grid.
     """
 
-    def __init__(self, image: np.ndarray, spacing: Sequence[float] | None, margin_points: np.ndarray, max_voxels: int) -> None:
+    def __init__(
+        self, image: np.ndarray, spacing: Sequence[float] | None, margin_points: np.ndarray, max_voxels: int, context: float = 0.0
+    ) -> None:
         img = np.asarray(image, dtype=np.float32)
         self.shape = img.shape
         sp = np.ones(img.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
-        self.box = relaxed_box(_points(margin_points, img.ndim), img.shape, sp)
+        self.relaxed = relaxed_box(_points(margin_points, img.ndim), img.shape, sp)
+        grow = np.ceil((self.relaxed[1] - self.relaxed[0]) * context).astype(np.int64)
+        self.box = np.stack([np.maximum(self.relaxed[0] - grow, 0), np.minimum(self.relaxed[1] + grow, img.shape)])
         self.size = work_grid_size(self.box, max_voxels)
         self.image = crop_and_resize(img[None], self.box, self.size, "bilinear")[0]
         self.spacing = crop_spacing(self.box, self.size, sp)
@@ -291,6 +297,16 @@ class BoxWorkspace:
         """Points inside the box, in working-grid indices (points outside are dropped)."""
         p = _points(points, len(self.shape))
         return points_to_crop(p[self.inside(p)], self.box, self.size)
+
+    def outside_relaxed(self) -> np.ndarray:
+        """Boolean working-grid mask of the context ring: voxels outside the relaxed box,
+        which holds the whole object (all False without context)."""
+        scale = np.asarray(self.size) / (self.box[1] - self.box[0])
+        lo = np.floor((self.relaxed[0] - self.box[0]) * scale).astype(np.int64)
+        hi = np.ceil((self.relaxed[1] - self.box[0]) * scale).astype(np.int64)
+        mask = np.ones(self.size, dtype=bool)
+        mask[tuple(slice(a, b) for a, b in zip(lo, hi))] = False
+        return mask
 
     def border(self) -> np.ndarray:
         """Boolean working-grid mask of the box faces that lie inside the image (the faces
@@ -323,6 +339,8 @@ class ClassicMethod(Method):
 
     hard_constraints = True
 
+    context = 0.0  # grow the relaxed box by this fraction per side (see BoxWorkspace)
+
     def __init__(self, work_voxels: dict[int, int] | None = None) -> None:
         self.work_voxels = dict(WORK_VOXELS if work_voxels is None else work_voxels)
         self._ws_key = None
@@ -333,7 +351,7 @@ class ClassicMethod(Method):
         margin = _points(margin_points, np.ndim(image))
         key = (margin.tobytes(), None if spacing is None else tuple(np.asarray(spacing, dtype=float).tolist()))
         if self._ws is None or self._ws_image is not image or self._ws_key != key:
-            self._ws = BoxWorkspace(image, spacing, margin, self.work_voxels[np.ndim(image)])
+            self._ws = BoxWorkspace(image, spacing, margin, self.work_voxels[np.ndim(image)], self.context)
             self._ws_key, self._ws_image = key, image
         return self._ws
 
@@ -502,14 +520,16 @@ class GeodesicMethod(ClassicMethod):
 
 
 class GrabCutMethod(ClassicMethod):
-    """OpenCV GrabCut (2D): GMM colour models initialised with the box as "probably
-    foreground", the box border and background clicks as definite background, margin points
-    and foreground clicks as definite foreground; ``iterations`` rounds per interaction.
-    Unavailable when OpenCV (``cv2``) is not installed."""
+    """OpenCV GrabCut (2D), used as its authors meant: a rectangle (the relaxed box) inside a
+    larger image. The working box is grown by ``context`` (25 %) per side; that ring, the
+    border and background clicks are definite background, the relaxed box "probably
+    foreground", margin points and foreground clicks definite foreground; ``iterations``
+    rounds per interaction. Unavailable when OpenCV (``cv2``) is not installed."""
 
     key = "grabcut"
     name = "GrabCut"
     dims = (2,)
+    context = 0.25
 
     def __init__(self, iterations: int = 5, work_voxels=None) -> None:
         super().__init__(work_voxels)
@@ -530,6 +550,7 @@ class GrabCutMethod(ClassicMethod):
         img8 = np.round(unit_range(ws.image) * 255).astype(np.uint8)
         img3 = np.ascontiguousarray(np.stack([img8] * 3, axis=-1))
         mask = np.full(labels.shape, cv2.GC_PR_FGD, dtype=np.uint8)
+        mask[ws.outside_relaxed()] = cv2.GC_BGD
         mask[labels == 2] = cv2.GC_BGD
         mask[labels == 1] = cv2.GC_FGD
         bgd = np.zeros((1, 65), np.float64)
