@@ -13,7 +13,8 @@ Asserts: the requests the server logged carry exactly the intended series voxels
 inside the reference spleen, background outside), no ``label`` key, and the default 6 margin
 points applied; the viewer painted exactly the server's NRRD answer into the ``object``
 segment (voxel count); Dice against the reference >= MIN_DICE_STAGE1 after the margin
-points and >= MIN_DICE after the refinement click, whose voxel carries its label; the saved label is one
+points and >= MIN_DICE after the refinement click and after a background click on the
+largest false-positive region, each click's voxel carrying its label; the saved label is one
 DICOM SEG in Orthanc, in the CT's frame of reference and series, equal to the viewer's mask,
 and the series counts as labelled; the app and Orthanc serve loopback clients only; a
 session against a server that is down fails; no process started here outlives the test.
@@ -175,6 +176,27 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
         assert (final[tuple(point)] == int(segment)) == is_fg, "the refinement click's voxel lacks its label"
         assert dice_final > dice_stage1 - MAX_DICE_LOSS_PER_CLICK, f"the refinement click cost Dice: {dice_stage1:.3f} -> {dice_final:.3f}"
 
+        # A background click on the largest false-positive region (the robot restricted to
+        # over-segmentation), so that the background point tool is exercised too.
+        before = final == int(segment)
+        click = corrective_click(before, before & reference, spacing, np.r_[foreground, background])
+        assert click is not None and not click[1], "no false positive left: the background click tests nothing"
+        bg_point = click[0]
+        background = np.r_[background, bg_point[None]]
+        browser("label", name="background")
+        browser("click", world=_world(geometry, bg_point))
+        browser("label", name="object")
+        screenshot(browser, "background_click")
+        final, answer, timings["infer_background"] = _run(browser, tmp_path)
+        screenshot(browser, "background_result")
+        check_clicks(logged_infer_requests(stack.app_log)[-1], foreground, background, reference)
+        segment = {v: k for k, v in answer["names"].items()}.get("object")
+        voxels = int(answer["counts"].get(str(segment), 0))
+        assert voxels == int((final == int(segment)).sum()) > 0
+        assert final[tuple(bg_point)] != int(segment), "the background click's voxel is still labelled"
+        dice_background = check_mask(final == int(segment), reference, MIN_DICE)
+        assert dice_background > dice_final - MAX_DICE_LOSS_PER_CLICK, f"the background click cost Dice: {dice_final:.3f} -> {dice_background:.3f}"
+
         start = time.perf_counter()
         saved = browser("save", label_info=[{"name": "spleen", "color": [255, 0, 0]}])
         timings["save_label"] = time.perf_counter() - start
@@ -199,6 +221,8 @@ def test_ohif_session_margin_points_refinement_and_saved_seg(stack, tmp_path):
     summary = {
         "dice_stage1": round(dice_stage1, 4),
         "dice_final": round(dice_final, 4),
+        "dice_after_background_click": round(dice_background, 4),
+        "background_click": bg_point.tolist(),
         "refinement_click": {"voxel": point.tolist(), "foreground": bool(is_fg)},
         "segment_voxels": voxels,
         "reference_voxels": int(reference.sum()),
