@@ -32,7 +32,6 @@ import csv
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections import OrderedDict, defaultdict

@@ -109,14 +109,14 @@ def bench_case(name: str, image: np.ndarray, label: np.ndarray, repeats: int) ->
     prob = np.clip(ndimage.gaussian_filter(label.astype(np.float32), 2.0) + 0.15 * rng.randn(*label.shape), 0.01, 0.99)
     inside = np.argwhere(ndimage.binary_erosion(label, iterations=2))
     outside = np.argwhere(label == 0)
-    fg = np.concatenate([margin, inside[len(inside) // 2][None]]) if len(inside) else margin
+    fg = inside[len(inside) // 2][None] if len(inside) else margin[:0]
     bg = outside[len(outside) // 3][None]
-    d_fg, d_bg = click_distances(image, fg, bg)
+    d_fg, d_bg = click_distances(image, fg, bg, margin=margin)
     rows = [
         ("EGD (margin points)", lambda: exponentialized_geodesic_distance(image, margin)),
-        ("graph cut (defaults)", lambda: graph_cut(image, prob, fg, bg)),
+        ("graph cut (defaults)", lambda: graph_cut(image, prob, np.concatenate([margin, fg]), bg)),
         ("fusion (Eq. 3-7 only)", lambda: fuse_probability(prob, d_fg, d_bg)),
-        ("fusion incl. distances", lambda: fuse_probability(prob, *click_distances(image, fg, bg))),
+        ("fusion incl. distances", lambda: fuse_probability(prob, *click_distances(image, fg, bg, margin=margin))),
     ]
     rows += network_rows(image, margin)
     out = []

@@ -33,10 +33,7 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +44,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from lib.app_server import start_app_server  # noqa: E402
 from lib.metrics import dice  # noqa: E402
+from lib.processes import free_port, stop_group  # noqa: E402
 from lib.transforms.margin_points import extreme_margin_points  # noqa: E402
 from lib.transforms.robot_user import corrective_click  # noqa: E402
 
@@ -99,61 +98,6 @@ def load(path: Path):
 
 
 # ---------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer:
-    """``monailabel start_server`` in its own process group; stopped on exit."""
-
-    def __init__(self, studies: Path, model_dir: Path, log_path: Path, timeout: float = 300.0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-        cmd = [
-            sys.executable, "-m", "monailabel.main", "start_server",
-            "--app", str(REPO / "apps" / "midepseg"), "--studies", str(studies),
-            "--host", "127.0.0.1", "--port", str(self.port), "--conf", "model_dir", str(model_dir),
-        ]  # fmt: skip
-        self.log_path = log_path
-        with open(log_path, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait(timeout)
-
-    def _wait(self, timeout: float) -> None:
-        import requests
-
-        start = time.perf_counter()
-        while time.perf_counter() - start < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log_path}")
-            try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
-                    log.info("server up at %s in %.1f s (log %s)", self.url, time.perf_counter() - start, self.log_path)
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1.0)
-        self.stop()
-        raise RuntimeError(f"server did not answer within {timeout:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            if self.proc.poll() is not None:
-                return
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(timeout=wait)
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
 
 # ---------------------------------------------------------------------------- benchmark
@@ -270,8 +214,10 @@ def main(argv=None) -> int:
             for _, _, image_id, ext in cases:
                 client.upload_image(str(studies / f"{image_id}{ext}"), image_id)
         else:
-            server = LocalServer(studies, tmp / "model", tmp / "server.log")
-            url = server.url
+            port = free_port()
+            server, seconds = start_app_server(studies, port, tmp / "server.log", conf={"model_dir": str(tmp / "model")}, timeout=300)
+            log.info("server up in %.1f s (log %s)", seconds, tmp / "server.log")
+            url = f"http://127.0.0.1:{port}"
             client = MONAILabelClient(url, tmpdir=str(tmp))
         info = client.info()
         log.info("models: %s", sorted(info["models"]))
@@ -279,12 +225,10 @@ def main(argv=None) -> int:
         tables, results = [], {}
         for name, model, image_id, ext in cases:
             reference_raw, spacing = load(refs / f"{image_id}{ext}")
-            image, _ = load(studies / f"{image_id}{ext}")
             reference = reference_raw > 0
-            assert reference.shape == image.shape, (reference.shape, image.shape)
             rows = run_case(client, name, model, image_id, reference, spacing, args.clicks)
-            tables.append(format_table(name, image.shape, rows))
-            results[name] = [{k: v for k, v in r.items()} for r in rows]
+            tables.append(format_table(name, reference.shape, rows))
+            results[name] = rows
         print(f"\nMIDeepSeg over REST ({url}); wall = client round trip (request, server, result file received and written)")
         for t in tables:
             print("\n" + t)
@@ -292,7 +236,7 @@ def main(argv=None) -> int:
             args.json.write_text(json.dumps(results, indent=1, default=float))
     finally:
         if server is not None:
-            server.stop()
+            stop_group(server)
         if args.keep:
             print(f"kept {tmp}")
         else:

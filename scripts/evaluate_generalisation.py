@@ -20,7 +20,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 

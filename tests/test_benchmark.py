@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from lib.benchmark.methods import BoxWorkspace, GrabCutMethod, Method, build_methods
 from lib.benchmark.protocol import number_of_clicks, run_protocol
+from lib.metrics import dice
 from lib.networks import midepseg_unet
 from lib.transforms.margin_points import extreme_margin_points
 
@@ -119,8 +120,11 @@ def test_protocol_with_a_real_method_records_every_interaction():
     assert len(set(points)) == len(points)
     assert np.array_equal(result.margin_points, extreme_margin_points(ref, (1.0, 1.0)))
     assert set(result.masks) == {0, 1}  # 5 is beyond the budget of 4
-    assert all(0.0 <= d <= 1.0 for d in result.dice)
-    assert 0 <= result.noc(0.85) <= 4
+    # the recorded Dice is that of the kept masks, and NoC reads the recorded sequence
+    for k, mask in result.masks.items():
+        assert result.dice[k] == pytest.approx(dice(mask > 0, ref), abs=1e-4)
+    reached = [k for k, d in enumerate(result.dice) if d >= 0.85]
+    assert result.noc(0.85) == (reached[0] if reached else 4)
 
 
 def test_protocol_stops_when_nothing_is_left_to_click():

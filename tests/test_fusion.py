@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 import pytest
 
-from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distances, fuse_probability
+from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, click_distances, fuse_probability
 from lib.transforms.egd import geodesic_distance
 
 P = [0.2, 0.7, 0.5, 0.9]
@@ -100,14 +100,33 @@ def test_click_distances(disk_2d):
     fg, bg = np.array([[30, 34]]), np.array([[2, 2], [60, 60]])
     d_fg, d_bg = click_distances(image, fg, bg)
     # geodesic distance of the EGD plus SPATIAL_WEIGHT x Euclidean distance / longest side
+    # (each click its own seed set: the nearest click by that combined distance)
     for d, pts in ((d_fg, fg), (d_bg, bg)):
-        seeds = np.ones(image.shape, bool)
-        seeds[tuple(np.asarray(pts).T)] = False
-        euclid = ndimage.distance_transform_edt(seeds) / max(image.shape)
-        np.testing.assert_allclose(d, geodesic_distance(image, pts) + SPATIAL_WEIGHT * euclid, rtol=1e-5, atol=1e-5)
+        per_click = []
+        for p in pts:
+            seeds = np.ones(image.shape, bool)
+            seeds[tuple(p)] = False
+            euclid = ndimage.distance_transform_edt(seeds) / max(image.shape)
+            per_click.append(geodesic_distance(image, p[None]) + SPATIAL_WEIGHT * euclid)
+        np.testing.assert_allclose(d, np.minimum.reduce(per_click), rtol=1e-5, atol=1e-5)
     assert d_fg[30, 34] == 0 and d_bg[2, 2] == 0 and d_bg[60, 60] == 0
     assert click_distances(image, fg, np.zeros((0, 2)))[1] is None
     assert click_distances(image, [], bg)[0] is None
+
+
+def test_click_distances_take_each_click_on_its_own_and_margin_points_together(disk_2d):
+    """A refinement click's map never changes when later clicks come (what the server
+    caches): the set's distance is the minimum of one map per click, plus one map of all
+    margin points; anisotropic spacing enters the Euclidean term."""
+    image, spacing = disk_2d[0][0], (2.0, 1.0)
+    margin, fg, bg = np.array([[17, 34], [43, 34]]), np.array([[30, 34], [30, 20]]), np.array([[2, 2], [60, 60]])
+    d_fg, d_bg = click_distances(image, fg, bg, spacing, margin)
+    expected_fg = np.minimum.reduce([click_distance(image, margin, spacing)] + [click_distance(image, p[None], spacing) for p in fg])
+    np.testing.assert_array_equal(d_fg, expected_fg)
+    np.testing.assert_array_equal(d_bg, np.minimum(click_distance(image, bg[:1], spacing), click_distance(image, bg[1:], spacing)))
+    # on a flat image only the spatial term is left: 3 rows of 2 mm from the click, longest side 128 mm
+    flat = click_distance(np.zeros((64, 64)), [[10, 10]], spacing)
+    assert flat[13, 10] == pytest.approx(SPATIAL_WEIGHT * 6.0 / 128.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("channels", [1, 2])
@@ -141,7 +160,7 @@ def test_information_fusion_transform_counts_margin_points_as_foreground(disk_2d
     bg = np.array([[3, 3]])
     data = {"image": image, "pred": p_fg[None], "margin_points": margin, "background": bg}
     out = InformationFusiond("pred")(data)["pred"][0]
-    d_fg, d_bg = click_distances(image[0], margin, bg)
+    d_fg, d_bg = click_distances(image[0], [], bg, margin=margin)
     np.testing.assert_allclose(out, fuse_probability(p_fg, d_fg, d_bg), atol=1e-6)
     assert np.all(out[tuple(margin.T)] > 0.5)
 

@@ -76,3 +76,24 @@ def test_bfloat16_probabilities_agree_with_float32(dim, shape):
     assert p32.dtype == p16.dtype == torch.float32 and p32.shape == (1, 2, *shape)
     assert torch.allclose(p32.sum(1), torch.ones(1, *shape), atol=1e-5)
     assert float((p32 - p16).abs().max()) < 0.05
+
+
+def test_cached_click_distances_equal_the_fusion_definition():
+    """The server's per-click cache gives exactly click_distances (the definition the fusion
+    tests check), also when a click is added to cached ones."""
+    from lib.infers.midepseg_infer import _CachedClickDistances
+    from lib.transforms.fusion import click_distances
+
+    rng = np.random.RandomState(1)
+    image = rng.rand(1, 40, 30, 20).astype(np.float32)
+    margin = np.array([[5, 15, 10], [35, 15, 10], [20, 2, 10], [20, 28, 10], [20, 15, 1], [20, 15, 18]])
+    cache = _CachedClickDistances()
+    fg, bg = np.zeros((0, 3), np.int64), np.array([[3, 3, 3]])
+    for new_fg in ([20, 15, 10], [12, 9, 8]):
+        fg = np.r_[fg, [new_fg]]
+        data = {"work_image": image, "work_spacing": (1.0, 1.0, 2.0), "work_cache_key": "case",
+                "margin_points_work": margin, "foreground_work": fg, "background_work": bg}
+        out = cache(data)
+        d_fg, d_bg = click_distances(image[0], fg, bg, (1.0, 1.0, 2.0), margin)
+        np.testing.assert_array_equal(out["distance_fg"], d_fg)
+        np.testing.assert_array_equal(out["distance_bg"], d_bg)

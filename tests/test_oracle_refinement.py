@@ -77,7 +77,7 @@ def test_oracle_refinement_improves_dice(shared_data, index):
             fg = np.concatenate([fg, point[None]])
         else:
             bg = np.concatenate([bg, point[None]])
-        d_fg, d_bg = click_distances(img, fg, bg)
+        d_fg, d_bg = click_distances(img, fg[len(margin):], bg, margin=margin - box[0])
         fused = fuse_probability(prob, d_fg, d_bg)
         seg = graph_cut(img, fused, fg, bg)
         assert np.all(seg[tuple(fg.T)] == 1) and np.all(seg[tuple(bg.T)] == 0)

@@ -64,9 +64,6 @@ class Server:
         labels = self.studies / "labels"
         return sorted(str(p.relative_to(labels)) for p in labels.rglob("*") if p.is_file()) if labels.is_dir() else []
 
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
 
 def _write_non_ras_copy(image_src: Path, label_src: Path, image_dst: Path, label_dst: Path, value: int) -> None:
     """Crop the CT, swap its first two axes and flip axes 0 and 2; save with the matching
@@ -352,7 +349,9 @@ def _robot_sequence(server, model, image_id, reference, margin, spacing, n_click
 
 def test_robot_clicks_improve_dice(server):
     """3D model on the unseen CT spleen: stage 1 is imperfect, then 3 robot corrective clicks
-    with all points resent: the final Dice is strictly above stage 1's."""
+    with all points resent. The clicked voxels alone (forced to their label) move Dice by
+    < 0.001 on a spleen of ~9,000 voxels, so a gain of 0.01 needs the fusion and graph cut
+    (0.842 -> 0.863 measured with the shipped weights)."""
     from lib.transforms.margin_points import extreme_margin_points
 
     case = "3d_model_ct_spleen"
@@ -361,8 +360,7 @@ def test_robot_clicks_improve_dice(server):
     print(f"{case}: Dice " + " -> ".join(f"{d:.4f}" for d in dices))
     assert len(dices) == 4, f"the robot found no error to correct: {dices}"
     assert dices[0] < 0.95, f"stage 1 is nearly perfect, the case tests nothing: {dices}"
-    assert dices[-1] >= dices[0], f"corrective clicks made it worse: {dices}"
-    assert dices[-1] > dices[0], f"corrective clicks did not improve: {dices}"
+    assert dices[-1] > dices[0] + 0.01, f"corrective clicks did not improve beyond the clicked voxels: {dices}"
 
 
 def test_bad_requests_give_4xx_and_server_keeps_serving(server):

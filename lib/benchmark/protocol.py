@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -124,19 +124,8 @@ class ProtocolResult:
         """Dice after ``k`` clicks; a run that stopped early keeps its last value."""
         return self.dice[min(k, len(self.dice) - 1)]
 
-    def assd_after(self, k: int) -> float:
-        return self.assd[min(k, len(self.assd) - 1)]
-
     def noc(self, threshold: float) -> int:
         return number_of_clicks(self.dice, threshold, self.max_clicks)
-
-    def foreground_clicks(self) -> np.ndarray:
-        ndim = self.margin_points.shape[1]
-        return np.asarray([c["point"] for c in self.clicks if c["foreground"]], dtype=np.int64).reshape(-1, ndim)
-
-    def background_clicks(self) -> np.ndarray:
-        ndim = self.margin_points.shape[1]
-        return np.asarray([c["point"] for c in self.clicks if not c["foreground"]], dtype=np.int64).reshape(-1, ndim)
 
 
 def run_protocol(
@@ -147,7 +136,6 @@ def run_protocol(
     max_clicks: int | None = None,
     keep_masks: Sequence[int] = (),
     margin_points: np.ndarray | None = None,
-    on_interaction: Callable[[int, np.ndarray], None] | None = None,
 ) -> ProtocolResult:
     """Run the robot user on ``method`` for one object.
 
@@ -160,7 +148,6 @@ def run_protocol(
         max_clicks: corrective-click budget (default 20 in 2D, 10 in 3D).
         keep_masks: interactions whose result to keep in ``masks`` (e.g. ``(0, 1, 5)``).
         margin_points: override the deterministic margin points.
-        on_interaction: called as ``f(k, mask)`` after each interaction (progress, tests).
     """
     img = np.asarray(image)
     ref = np.asarray(reference) > 0
@@ -190,8 +177,6 @@ def run_protocol(
             last_mask = mask.astype(np.uint8)
             if k in keep:
                 result.masks[k] = last_mask
-            if on_interaction is not None:
-                on_interaction(k, mask)
             if k == cap:
                 break
             click = robot_click(mask, ref, sp, np.concatenate([margin, fg, bg]))

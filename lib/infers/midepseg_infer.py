@@ -30,7 +30,7 @@ from lib.networks import inference_dtype, predict_probability
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
 from lib.transforms.crop import CropByMarginPointsd, RestoreFromCropd, points_to_crop, resample
 from lib.transforms.cues import check_encoding
-from lib.transforms.fusion import InformationFusiond, click_distance
+from lib.transforms.fusion import InformationFusiond, click_distance, seed_groups
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd
 from lib.transforms.stage1 import crop_transforms, cue_transforms
 
@@ -107,9 +107,8 @@ class MIDeepSegInfer(BasicInferTask):
         server start, not on the annotator's first click."""
         start = time.perf_counter()
         network = self._get_network(device, None)
-        blank = torch.zeros((1, 2, *self.spatial_size), device=device)
-        predict_probability(network, blank, inference_dtype(self.precision, device))
         dtype = inference_dtype(self.precision, device)
+        predict_probability(network, torch.zeros((1, 2, *self.spatial_size), device=device), dtype)
         logger.info("%dD network ready on %s (%s) in %.1f s", self.dimension, device, dtype, time.perf_counter() - start)
 
     def __call__(self, request, callbacks=None):
@@ -302,31 +301,27 @@ class _CachedWorkCrop:
 
 
 class _CachedClickDistances:
-    """Distance maps (:func:`click_distance`) of the foreground (margin points + refinement)
-    and background clicks on the work grid for the fusion, reusing each click's map across
-    requests: the distance to a set of clicks is the minimum of the maps of its parts, so a
-    new click costs one raster scan."""
+    """The fusion's distance maps ``distance_fg``/``distance_bg`` on the work grid, exactly
+    :func:`click_distances` (minimum over :func:`seed_groups`), with each seed set's map
+    cached across requests: a new click costs one raster scan."""
 
     def __init__(self) -> None:
         self._cache = LRUCache(256)
 
-    def _distance(self, data: dict, name: str, points: np.ndarray) -> np.ndarray:
-        key = (data["work_cache_key"], name, np.asarray(points).tobytes())
+    def _distance(self, data: dict, points: np.ndarray) -> np.ndarray:
+        key = (data["work_cache_key"], np.asarray(points).tobytes())
         dist = self._cache.get(key)
         if dist is None:
             dist = click_distance(data["work_image"][0], points, data["work_spacing"])
             self._cache.put(key, dist)
         return dist
 
-    def _nearest(self, data: dict, groups: list[tuple[str, np.ndarray]]) -> np.ndarray | None:
-        maps = [self._distance(data, name, pts) for name, pts in groups if len(pts)]
-        return np.minimum.reduce(maps) if maps else None
-
     def __call__(self, data: dict) -> dict:
         fg, bg = data["foreground_work"], data["background_work"]
         if len(fg) + len(bg) == 0:
             return data
-        fg_groups = [("margin", data["margin_points_work"])] + [("click", p[None]) for p in fg]
-        data["distance_fg"] = self._nearest(data, fg_groups)
-        data["distance_bg"] = self._nearest(data, [("click", p[None]) for p in bg])
+        margin = data["margin_points_work"]
+        for name, groups in (("distance_fg", seed_groups(margin, fg)), ("distance_bg", seed_groups(margin[:0], bg))):
+            maps = [self._distance(data, g) for g in groups]
+            data[name] = np.minimum.reduce(maps) if maps else None
         return data

@@ -15,16 +15,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from .validation import as_points, check_image, stacked_points, validate_points
+from .validation import as_points, check_image, stacked_points, unique_points, validate_points
 
 MIN_MARGIN_POINTS = 2
-
-
-def _unique_in_order(points: np.ndarray) -> np.ndarray:
-    if len(points) == 0:
-        return points
-    _, first = np.unique(points, axis=0, return_index=True)
-    return points[np.sort(first)]
 
 
 def split_clicks(
@@ -41,8 +34,8 @@ def split_clicks(
     n = int(margin_points)
     if n < MIN_MARGIN_POINTS:
         raise ValueError(f"margin_points must be at least {MIN_MARGIN_POINTS}, got {margin_points}")
-    fg = _unique_in_order(validate_points(foreground, spatial_shape, "foreground", allow_duplicates=True))
-    bg = _unique_in_order(validate_points(background, spatial_shape, "background", allow_duplicates=True))
+    fg = unique_points(validate_points(foreground, spatial_shape, "foreground", allow_duplicates=True))
+    bg = unique_points(validate_points(background, spatial_shape, "background", allow_duplicates=True))
     if len(fg) == 0 and len(bg) == 0:
         raise ValueError("no points given: click the interior margin points (foreground) first")
     both = {tuple(p) for p in fg.tolist()} & {tuple(p) for p in bg.tolist()}

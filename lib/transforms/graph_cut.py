@@ -107,30 +107,36 @@ def graph_cut(
         cost_fg[idx] = 0.0 if label else _HARD
         cost_bg[idx] = _HARD if label else 0.0
 
-    mask = _min_cut(img, cost_fg, cost_bg, lamda, sigma, sp, offsets)
+    edges = _unit_edge_weights(img, sigma, sp, offsets) if lamda > 0 else []
+    mask = _min_cut(img.shape, cost_fg, cost_bg, lamda, edges)
     for _ in range(MAX_LAMDA_HALVINGS if min_kept > 0 else 0):
         if expected == 0 or np.count_nonzero(mask) >= min_kept * expected:
             break
         lamda /= 2.0
-        mask = _min_cut(img, cost_fg, cost_bg, lamda, sigma, sp, offsets)
+        mask = _min_cut(img.shape, cost_fg, cost_bg, lamda, edges)
     return mask
 
 
-def _min_cut(img, cost_fg, cost_bg, lamda: float, sigma: float, sp: np.ndarray, offsets) -> np.ndarray:
+def _unit_edge_weights(img: np.ndarray, sigma: float, sp: np.ndarray, offsets) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(structure, weights)`` per neighbour offset: the pairwise term of Eq. 8 for lamda 1."""
+    intensity = unit_range(img).astype(np.float64)
+    padded = np.pad(intensity, 1, mode="edge")
+    edges = []
+    for off in offsets:
+        shifted = padded[tuple(slice(1 + o, 1 + o + n) for o, n in zip(off, img.shape))]
+        dist = float(np.sqrt(np.sum((np.asarray(off) * sp) ** 2)))
+        structure = np.zeros((3,) * img.ndim)
+        structure[tuple(1 + o for o in off)] = 1
+        edges.append((structure, np.exp(-((intensity - shifted) ** 2) / (2.0 * sigma**2)) / dist))
+    return edges
+
+
+def _min_cut(shape: tuple[int, ...], cost_fg, cost_bg, lamda: float, edges) -> np.ndarray:
     """Build the grid graph of Eq. 8 and return its minimum cut as a uint8 mask."""
-    ndim = img.ndim
     graph = maxflow.Graph[float]()
-    nodes = graph.add_grid_nodes(img.shape)
-    if lamda > 0:
-        intensity = unit_range(img).astype(np.float64)
-        padded = np.pad(intensity, 1, mode="edge")
-        for off in offsets:
-            shifted = padded[tuple(slice(1 + o, 1 + o + n) for o, n in zip(off, img.shape))]
-            dist = float(np.sqrt(np.sum((np.asarray(off) * sp) ** 2)))
-            weights = lamda * np.exp(-((intensity - shifted) ** 2) / (2.0 * sigma**2)) / dist
-            structure = np.zeros((3,) * ndim)
-            structure[tuple(1 + o for o in off)] = 1
-            graph.add_grid_edges(nodes, weights=weights, structure=structure, symmetric=True)
+    nodes = graph.add_grid_nodes(shape)
+    for structure, weights in edges if lamda > 0 else ():
+        graph.add_grid_edges(nodes, weights=lamda * weights, structure=structure, symmetric=True)
     # Source side = foreground: cutting source->i (i ends background) costs cost_bg.
     graph.add_grid_tedges(nodes, cost_bg, cost_fg)
     graph.maxflow()

@@ -25,6 +25,7 @@ from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from .crop import DEFAULT_MARGIN_RATIO, DEFAULT_MIN_MARGIN, relaxed_box, spacing_of
+from .validation import unique_points
 
 DEFAULT_DEPTH_RANGE = (0.01, 0.06)
 DEFAULT_MAX_RANDOM = 5
@@ -103,11 +104,6 @@ def move_inwards(
     return moved
 
 
-def _unique_rows(points: np.ndarray) -> np.ndarray:
-    _, first = np.unique(points, axis=0, return_index=True)
-    return points[np.sort(first)]
-
-
 def _inward_with_cover(
     mask: np.ndarray,
     points: np.ndarray,
@@ -165,7 +161,7 @@ def simulate_margin_points(
     depths = rng.uniform(*depth_range, size=len(points)) * float(extent.max())
     edt = ndimage.distance_transform_edt(m, sampling=sp)
     moved = _inward_with_cover(m, points, depths, sp, edt, margin_ratio, min_margin)
-    return _unique_rows(moved)
+    return unique_points(moved)
 
 
 def extreme_margin_points(
@@ -185,7 +181,7 @@ def extreme_margin_points(
     points = np.stack([g[len(g) // 2] for g in _extreme_groups(boundary, 0)])
     depths = np.full(len(points), depth_fraction * float(extent.max()))
     edt = ndimage.distance_transform_edt(m, sampling=sp)
-    return _unique_rows(_inward_with_cover(m, points, depths, sp, edt, margin_ratio, min_margin))
+    return unique_points(_inward_with_cover(m, points, depths, sp, edt, margin_ratio, min_margin))
 
 
 class SimulateMarginPointsd(Randomizable, MapTransform):

@@ -111,3 +111,11 @@ def stacked_points(data: Mapping, keys: tuple[str, ...], ndim: int) -> np.ndarra
     each checked by :func:`as_points`."""
     parts = [as_points(data.get(k), ndim, str(k)) for k in keys]
     return np.concatenate(parts) if parts else np.zeros((0, ndim), dtype=np.int64)
+
+
+def unique_points(points: np.ndarray) -> np.ndarray:
+    """``(N, ndim)`` points without repeats, each kept at its first position."""
+    if len(points) == 0:
+        return points
+    _, first = np.unique(points, axis=0, return_index=True)
+    return points[np.sort(first)]
