@@ -30,7 +30,7 @@ from monai.transforms import LoadImage  # noqa: E402
 
 from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig  # noqa: E402
 from lib.metrics import dice  # noqa: E402
-from lib.networks import midepseg_unet  # noqa: E402
+from lib.networks import PRECISIONS, midepseg_unet  # noqa: E402
 from lib.trainers.midepseg_train import group_partition  # noqa: E402
 from lib.transforms.margin_points import extreme_margin_points  # noqa: E402
 
@@ -70,9 +70,9 @@ class CueZeroed(torch.nn.Module):
         return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def make_tasks(config_class, name: str, model_dir: Path) -> dict:
+def make_tasks(config_class, name: str, model_dir: Path, precision: str = "auto") -> dict:
     config = config_class()
-    config.init(name, str(model_dir), {}, None)
+    config.init(name, str(model_dir), {"precision": precision}, None)
     trained = config.infer()
     untrained = config.infer()
     untrained.path = []
@@ -132,9 +132,9 @@ def reference(case: dict, loader: LoadImage) -> tuple[np.ndarray, np.ndarray]:
     return mask, spacing
 
 
-def evaluate(dim: int, model_dir: Path, limit_hc18: int | None) -> list[dict]:
+def evaluate(dim: int, model_dir: Path, limit_hc18: int | None, precision: str = "auto") -> list[dict]:
     config = MIDeepSeg2DConfig if dim == 2 else MIDeepSeg3DConfig
-    tasks = make_tasks(config, f"midepseg_{dim}d", model_dir)
+    tasks = make_tasks(config, f"midepseg_{dim}d", model_dir, precision)
     loader = LoadImage(image_only=True)
     rows = []
     cases = cases_2d() if dim == 2 else cases_3d()
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=ROOT / "apps" / "midepseg" / "model")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval")
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="network compute precision (lib/networks.py)")
     parser.add_argument("--limit-hc18", type=int, default=None, help="evaluate only the first N HC18 validation images")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -192,7 +193,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results, tables = {}, []
     for dim in args.dims:
-        rows = evaluate(dim, args.model_dir, args.limit_hc18)
+        rows = evaluate(dim, args.model_dir, args.limit_hc18, args.precision)
         results[f"{dim}d"] = rows
         tables.append(summary(rows, dim))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

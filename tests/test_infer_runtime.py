@@ -17,7 +17,15 @@ class CountingLoader(ImageLoader):
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0
+        self.calls = 0
+        self.second_call = threading.Event()
         self.release = threading.Event()
+
+    def load(self, path):
+        self.calls += 1
+        if self.calls == 2:
+            self.second_call.set()
+        return super().load(path)
 
     def _read_checked(self, path):
         self.reads += 1
@@ -37,8 +45,9 @@ def test_prefetched_image_is_read_once_and_reused_by_the_request(volume):
     thread = loader.prefetch(volume)
     results = []
     request = threading.Thread(target=lambda: results.append(CachedLoadImaged("image", loader)({"image": volume})))
-    request.start()  # arrives while the prefetch is still reading
-    loader.release.set()
+    request.start()
+    assert loader.second_call.wait(5), "the request never reached the loader"
+    loader.release.set()  # the prefetch was still reading when the request arrived
     thread.join(5)
     request.join(5)
     assert loader.reads == 1, "a request during a prefetch must wait for it, not read again"

@@ -37,7 +37,7 @@ TRAIN_TIMEOUT_S = 300
 
 # Quality bounds, applied when the shipped weights exist.
 # HC18: the 2D network is trained on HC18 fetal heads (a seen object class); stage 1 on
-# this case measures ~0.98 with the shipped weights (0.979 after a single training epoch).
+# this case measures ~0.98 with the shipped weights.
 # 0.85 leaves room for retrained weights while still failing on a mis-registered,
 # transposed or mis-oriented result.
 HC18_MIN_DICE = 0.85
