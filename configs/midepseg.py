@@ -38,6 +38,7 @@ class MIDeepSegConfig(TaskConfig):
             spatial_size=DEFAULT_SPATIAL_SIZE[self.dimension],
             margin_points=self.margin_points,
             precision=self.conf.get("precision", "auto"),
+            cue=self.conf.get("cue", "egd"),
             description=(
                 f"MIDeepSeg {kind}: click {self.margin_points} interior margin points just inside the object's "
                 "boundary (foreground), then foreground/background clicks to refine"
@@ -52,6 +53,7 @@ class MIDeepSegConfig(TaskConfig):
             spatial_size=DEFAULT_SPATIAL_SIZE[self.dimension],
             publish_path=self.path,
             lr=self.lr,
+            cue=self.conf.get("cue", "egd"),
             config={"max_epochs": self.train_epochs},
         )
 

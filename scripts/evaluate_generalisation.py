@@ -90,12 +90,18 @@ def stage1(task, image_path: str, points: np.ndarray) -> np.ndarray:
     return np.asarray(data["pred"]) > 0
 
 
+def hc18_split() -> tuple[list[dict], list[dict]]:
+    """HC18 ``(train, validation)`` by subject: the split of the shipped 2D model, held out of
+    every training mix (``make_training_mix.py``)."""
+    images = sorted((DATA / "hc18" / "images").iterdir())
+    items = [{"image": str(p), "label": str(DATA / "hc18" / "labels" / p.name)} for p in images]
+    return group_partition(items, 0.1, r"^(\d+)_", 0)
+
+
 def cases_2d() -> list[dict]:
     """2D objects: HC18 validation subjects (seen), and the largest slice of unseen objects."""
     cases = []
-    images = sorted((DATA / "hc18" / "images").iterdir())
-    items = [{"image": str(p), "label": str(DATA / "hc18" / "labels" / p.name)} for p in images]
-    _, val = group_partition(items, 0.1, r"^(\d+)_", 0)
+    _, val = hc18_split()
     for item in val:
         cases.append({"group": "HC18 fetal head (held-out subjects)", "image": item["image"], "label": item["label"]})
     volumes = [(DATA / "brain_structures" / "t1.nii.gz", DATA / "brain_structures" / "labels.nii.gz", BRAIN_STRUCTURES, "brain structures, T1 MRI")]

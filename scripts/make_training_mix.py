@@ -20,8 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.trainers.midepseg_train import group_partition  # noqa: E402
-from scripts.evaluate_generalisation import DATA  # noqa: E402
+from scripts.evaluate_generalisation import hc18_split  # noqa: E402
 
 logger = logging.getLogger("make_training_mix")
 HELD_OUT_BRATS = "pat0005"
@@ -53,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pairs = folder_pairs(args.anatomy)
     if args.dim == 2:
-        items = [{"image": str(p)} for p in sorted((DATA / "hc18" / "images").iterdir())]
-        train, _ = group_partition(items, 0.1, r"^(\d+)_", 0)  # evaluate_generalisation's split
-        pairs += [(Path(d["image"]), DATA / "hc18" / "labels" / Path(d["image"]).name) for d in train]
+        train, _ = hc18_split()
+        pairs += [(Path(d["image"]), Path(d["label"])) for d in train]
     else:
         if args.brats is None:
             parser.error("--dim 3 needs --brats")

@@ -315,7 +315,11 @@ def test_2d_model_on_3d_ct_slice(server):
     assert not others.any(), "the 2D model must only write the clicked slice"
     assert mask[:, :, k].any()
     np.testing.assert_allclose(out_affine, affine, atol=1e-3)
-    print(f"2D model on CT slice {k} (liver): Dice {dice(mask[:, :, k], reference[:, :, k]):.4f}")
+    value = dice(mask[:, :, k], reference[:, :, k])
+    print(f"2D model on CT slice {k} (liver): Dice {value:.4f}")
+    if _trained("midepseg_2d"):
+        # the liver is an unseen object: 0.84 on its largest slice in the model card
+        assert value > 0.7, value
 
 
 def _robot_sequence(server, model, image_id, reference, margin, spacing, n_clicks=3, slice_k=None):

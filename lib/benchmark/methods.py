@@ -186,9 +186,8 @@ class MIDeepSegMethod(Method):
         from lib.transforms.fusion import InformationFusiond
 
         config = (MIDeepSeg2DConfig if self.dim == 2 else MIDeepSeg3DConfig)()
-        config.init(f"midepseg_{self.dim}d", str(self.model_dir), {}, None)
+        config.init(f"midepseg_{self.dim}d", str(self.model_dir), {"cue": self.cue}, None)
         task = config.infer()
-        task.cue = self.cue
         if self.model_file is not None:
             task.path = [str(self.model_file)]
         if self.untrained:

@@ -161,7 +161,7 @@ class MIDeepSegInfer(BasicInferTask):
             network = self._get_network(device, data)
             net_input = torch.as_tensor(np.asarray(net_input), dtype=torch.float32)[None].to(device)
             prob = predict_probability(network, net_input, inference_dtype(self.precision, device))[0].cpu().numpy()
-            cached = resample(prob, data["work_image"].shape[1:], "bilinear")
+            cached = resample(prob[1:], data["work_image"].shape[1:], "bilinear")  # foreground only
             self._stage1_cache.put(key, cached)
             timing["network"] = time.perf_counter() - start
         data["stage1_cached"] = "network" not in timing
