@@ -7,11 +7,28 @@ import os
 
 from monailabel.interfaces.config import TaskConfig
 
-from lib.infers.midepseg_infer import MIDeepSegInfer
+from lib.infers.midepseg_infer import MIDeepSegInfer, RefinementOptions
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
 from lib.trainers.midepseg_train import MIDeepSegTrain
 
 logger = logging.getLogger(__name__)
+
+
+def refinement_options(conf: dict) -> dict:
+    """The :class:`RefinementOptions` fields given as ``--conf`` strings (``monotone true``,
+    ``spatial_weight 2``), typed; the rest of the preset stays."""
+    out = {}
+    for name, field in RefinementOptions.__dataclass_fields__.items():
+        if name not in conf:
+            continue
+        value = conf[name]
+        if field.type in (bool, "bool"):
+            out[name] = str(value).lower() in ("1", "true", "yes")
+        elif field.type in (float, "float"):
+            out[name] = float(value)
+        else:
+            out[name] = str(value)
+    return out
 
 
 class MIDeepSegConfig(TaskConfig):
@@ -39,6 +56,9 @@ class MIDeepSegConfig(TaskConfig):
             margin_points=self.margin_points,
             precision=self.conf.get("precision", "auto"),
             cue=self.conf.get("cue", "egd"),
+            refinement=self.conf.get("refinement"),
+            refinement_options=refinement_options(self.conf),
+            refinement_path=self.conf.get("refinement_model"),
             description=(
                 f"MIDeepSeg {kind}: click {self.margin_points} interior margin points just inside the object's "
                 "boundary (foreground), then foreground/background clicks to refine"

@@ -21,13 +21,14 @@ FEATURES = {
 DEFAULT_SPATIAL_SIZE = {2: (64, 64), 3: (96, 96, 64)}
 
 
-def midepseg_unet(spatial_dims: int) -> BasicUNet:
-    """The 2D or 3D MIDeepSeg U-Net."""
+def midepseg_unet(spatial_dims: int, in_channels: int = IN_CHANNELS) -> BasicUNet:
+    """The 2D or 3D MIDeepSeg U-Net (``in_channels``: 2 for stage 1,
+    ``REFINEMENT_IN_CHANNELS`` for the learned refinement)."""
     if spatial_dims not in FEATURES:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     return BasicUNet(
         spatial_dims=spatial_dims,
-        in_channels=IN_CHANNELS,
+        in_channels=in_channels,
         out_channels=OUT_CHANNELS,
         features=FEATURES[spatial_dims],
         norm=("instance", {"affine": True}),
@@ -75,3 +76,28 @@ def predict_probability(network: torch.nn.Module, image: torch.Tensor, dtype: to
     with torch.no_grad(), torch.autocast(image.device.type, dtype=dtype, enabled=dtype != torch.float32):
         logits = network(image)
     return torch.softmax(logits.float(), dim=1)
+
+
+# The learned refinement (issue 10 (c)): the stage-1 U-Net re-run on the same crop with the
+# clicks as extra channels: image, margin-point EGD, foreground-click EGD, background-click
+# EGD, previous mask.
+REFINEMENT_IN_CHANNELS = 5
+
+
+def refinement_from_stage1(stage1_state: dict, spatial_dims: int) -> BasicUNet:
+    """A refinement U-Net initialised from stage-1 weights: every layer copied, the first
+    convolution's weights for the three new channels (click EGDs, previous mask) set to
+    zero, so that before training it answers exactly what stage 1 answers."""
+    net = midepseg_unet(spatial_dims, REFINEMENT_IN_CHANNELS)
+    state = net.state_dict()
+    for name, value in stage1_state.items():
+        if name not in state:
+            raise ValueError(f"refinement_from_stage1: unexpected stage-1 parameter {name}")
+        if state[name].shape == value.shape:
+            state[name] = value.clone()
+        else:  # the first convolution: (out, 2, k..) -> (out, 5, k..)
+            widened = torch.zeros_like(state[name])
+            widened[:, : value.shape[1]] = value
+            state[name] = widened
+    net.load_state_dict(state)
+    return net

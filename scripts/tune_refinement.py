@@ -1,14 +1,16 @@
-"""Check the refinement's free parameters on TRAINING objects only: the fusion's spatial
-weight (``lib.transforms.fusion.SPATIAL_WEIGHT``) and the graph cut's ``lamda``, with the 2D
-model and the robot user (up to 10 corrective clicks).
+"""Choose the refinement's free parameters on TRAINING objects only, with the robot user.
 
-Objects: the middle slice of every object in a ``prepare_anatomy.py --dim 2`` folder and
-every 40th HC18 image of a ``make_training_mix.py --dim 2`` folder (15), all of them
-training data of the shipped 2D network; never the objects the benchmarks report as unseen.
-Prints mean Dice after 3 and 10 clicks and NoC@90 per setting.
+Settings are ``--conf`` values of the infer task (``refinement``, ``spatial_weight``,
+``reach``) and request options (``lamda``), exactly as a server is configured; nothing is
+patched. Objects (2D): the middle slice of every object in a ``prepare_anatomy.py --dim 2``
+folder and every 40th HC18 image of a ``make_training_mix.py --dim 2`` folder (15), all of
+them training data of the shipped 2D network; 3D (``--dim 3``): every object of a
+``prepare_anatomy.py --dim 3`` folder. Never the objects the benchmarks report as unseen.
+Prints per setting: mean Dice after 1/3/5/10 clicks, NoC@85/90, mean Dice gain per click,
+the share of clicks that lower Dice by more than 0.01, and ms per click.
 
     python scripts/tune_refinement.py --anatomy runs/data/anatomy2d --mix runs/data/mix2d \\
-        --spatial-weights 4 2 1 0.5 --lamdas 5 2.5 1
+        --setting refinement=ifgc --setting refinement=regions,spatial_weight=1,reach=2
 """
 
 from __future__ import annotations
@@ -23,60 +25,74 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import lib.transforms.fusion as fusion  # noqa: E402
 from lib.benchmark.methods import MIDeepSegMethod  # noqa: E402
+from lib.benchmark.metrics import click_statistics  # noqa: E402
 from lib.benchmark.protocol import run_protocol  # noqa: E402
-from lib.transforms.graph_cut import DEFAULT_LAMDA  # noqa: E402
 from scripts.evaluate_generalisation import DATA  # noqa: E402
 
 logger = logging.getLogger("tune_refinement")
 CLICKS = 10
+REQUEST_OPTIONS = ("lamda", "sigma")
 
 
-def training_objects(anatomy: Path, mix: Path) -> list[tuple[Path, Path]]:
+def training_objects(anatomy: Path, mix: Path | None, dim: int) -> list[tuple[Path, Path]]:
+    if dim == 3:
+        return [(p, anatomy / "labels" / p.name) for p in sorted((anatomy / "images").iterdir())]
     by_object: dict[str, list[Path]] = {}
     for path in sorted((anatomy / "images").iterdir()):
         by_object.setdefault(path.name.split("_z")[0], []).append(path)
     cases = [(ps[len(ps) // 2], anatomy / "labels" / ps[len(ps) // 2].name) for ps in by_object.values()]
-    heads = sorted(p for p in (mix / "images").iterdir() if not p.name.startswith("ana-"))[::40][:15]
-    return cases + [(p, DATA / "hc18" / "labels" / p.name) for p in heads]
+    if mix is not None:
+        heads = sorted(p for p in (mix / "images").iterdir() if not p.name.startswith("ana-"))[::40][:15]
+        cases += [(p, DATA / "hc18" / "labels" / p.name) for p in heads]
+    return cases
 
 
-def score(method: MIDeepSegMethod, cases) -> tuple[float, float, float]:
+def parse_setting(text: str) -> tuple[dict, dict]:
+    """``key=value,...`` -> (task conf, request options)."""
+    conf, options = {}, {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=", 1)
+        (options if key in REQUEST_OPTIONS else conf)[key] = float(value) if key in REQUEST_OPTIONS else value
+    return conf, options
+
+
+def score(method: MIDeepSegMethod, cases) -> dict:
     from monai.transforms import LoadImage
 
     load = LoadImage(image_only=True)
-    after3, after10, noc = [], [], []
+    results = []
     for image_path, label_path in cases:
-        image = np.asarray(load(str(image_path)), dtype=np.float32)
+        img = load(str(image_path))
+        image = np.asarray(img, dtype=np.float32)
+        spacing = np.asarray(img.pixdim, dtype=np.float64)[: image.ndim] if hasattr(img, "pixdim") else None
         reference = np.asarray(load(str(label_path))) > 0
-        result = run_protocol(method, image, reference, None, max_clicks=CLICKS)
-        dice = result.dice + [result.dice[-1]] * (CLICKS + 1 - len(result.dice))
-        after3.append(dice[3])
-        after10.append(dice[CLICKS])
-        noc.append(result.noc(0.9))
+        results.append(run_protocol(method, image, reference, spacing, max_clicks=CLICKS))
         method.end_case()
     method.close()
-    return float(np.mean(after3)), float(np.mean(after10)), float(np.mean(noc))
+    return click_statistics(results, CLICKS)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dim", type=int, choices=(2, 3), default=2)
     parser.add_argument("--anatomy", type=Path, required=True)
-    parser.add_argument("--mix", type=Path, required=True)
-    parser.add_argument("--spatial-weights", type=float, nargs="*", default=[])
-    parser.add_argument("--lamdas", type=float, nargs="*", default=[])
+    parser.add_argument("--mix", type=Path)
+    parser.add_argument("--setting", action="append", required=True, help="key=value,... (conf keys, lamda/sigma)")
+    parser.add_argument("--max-cases", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    cases = training_objects(args.anatomy, args.mix)
-    shipped = fusion.SPATIAL_WEIGHT
-    print(f"{len(cases)} training objects; shipped spatial weight {shipped}, lamda {DEFAULT_LAMDA}")
-    for weight in args.spatial_weights:
-        fusion.SPATIAL_WEIGHT = weight
-        print("spatial weight %-5g lamda %-5g Dice@3 %.4f Dice@10 %.4f NoC@90 %.2f" % (weight, DEFAULT_LAMDA, *score(MIDeepSegMethod(2), cases)))
-    fusion.SPATIAL_WEIGHT = shipped
-    for lamda in args.lamdas:
-        print("spatial weight %-5g lamda %-5g Dice@3 %.4f Dice@10 %.4f NoC@90 %.2f" % (shipped, lamda, *score(MIDeepSegMethod(2, options={"lamda": lamda}), cases)))
+    cases = training_objects(args.anatomy, args.mix, args.dim)[: args.max_cases]
+    print(f"{len(cases)} training objects ({args.dim}D), {CLICKS} robot clicks")
+    print("| setting | Dice 0 | Dice 1 | Dice 3 | Dice 5 | Dice 10 | NoC@85 | NoC@90 | gain/click | clicks worse >0.01 | ms/click |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for text in args.setting:
+        conf, options = parse_setting(text)
+        stats = score(MIDeepSegMethod(args.dim, conf.pop("refinement", "regions"), conf=conf, options=options), cases)
+        print(f"| {text} | " + " | ".join(
+            f"{stats[k]:.3f}" for k in ("dice0", "dice1", "dice3", "dice5", "dice10")) +
+            f" | {stats['noc85']:.2f} | {stats['noc90']:.2f} | {stats['gain_per_click']:.4f} | "
+            f"{100 * stats['worse_fraction']:.1f} % | {1000 * stats['click_seconds']:.0f} |", flush=True)
     return 0
 
 

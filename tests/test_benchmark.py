@@ -193,7 +193,7 @@ def test_every_method_returns_a_full_size_mask_respecting_clicks(all_methods, nd
             assert np.all(mask[tuple(fg.T)] == 1), method.name
             assert np.all(mask[tuple(bg.T)] == 0), method.name
         ran.append(method.key)
-    expected = {"midepseg", "midepseg_gc", "graphcut", "randomwalker", "geodesic"}
+    expected = {"midepseg", "midepseg_ifgc", "midepseg_gc", "graphcut", "randomwalker", "geodesic"}
     expected |= {"midepseg_cue_euclidean", "grabcut"} if ndim == 2 else set()
     assert expected <= set(ran)
 

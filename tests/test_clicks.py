@@ -42,11 +42,12 @@ def test_split_clicks_rejects_bad_requests(fg, bg, count, message):
 
 
 def test_parse_clicks_reads_the_count_from_the_request():
-    data = {"image": np.zeros((1, 10, 10)), "foreground": [[1, 1], [2, 2], [3, 3]], "background": [], "margin_points": "2"}
+    data = {"image": np.zeros((1, 10, 10)), "foreground": [[1, 1], [2, 2], [3, 3]], "background": [], "margin_count": "2"}
     out = ParseClicksd("image", default_count=4)(data)
-    assert out["margin_points"].tolist() == [[1, 1], [2, 2]] and out["foreground"].tolist() == [[3, 3]]
+    assert out["margin_points"].tolist() == [[1, 1], [2, 2]] and out["fg_clicks"].tolist() == [[3, 3]]
+    assert out["foreground"] == data["foreground"], "the request's point list keeps its meaning"
     with pytest.raises(ValueError, match="margin_points must be an integer"):
-        ParseClicksd("image", default_count=4)({**data, "margin_points": "abc"})
+        ParseClicksd("image", default_count=4)({**data, "margin_count": "abc"})
 
 
 def test_select_and_paste_slice_round_trip():
@@ -65,7 +66,7 @@ def test_select_and_paste_slice_round_trip():
 def test_apply_clicks_forces_clicked_voxels():
     mask = np.zeros((1, 6, 6), np.uint8)
     mask[0, 4, 4] = 1
-    out = ApplyClicksd("pred")({"pred": mask, "margin_points": [[0, 0]], "foreground": [[2, 3]], "background": [[4, 4]]})
+    out = ApplyClicksd("pred")({"pred": mask, "margin_points": [[0, 0]], "fg_clicks": [[2, 3]], "bg_clicks": [[4, 4]]})
     assert out["pred"][0, 0, 0] == 1 and out["pred"][0, 2, 3] == 1 and out["pred"][0, 4, 4] == 0
     assert mask[0, 4, 4] == 1, "the input mask must not be modified in place"
 

@@ -101,7 +101,7 @@ def test_cached_click_distances_equal_the_fusion_definition():
     for new_fg in ([20, 15, 10], [12, 9, 8]):
         fg = np.r_[fg, [new_fg]]
         data = {"work_image": image, "work_spacing": (1.0, 1.0, 2.0), "work_cache_key": "case",
-                "margin_points_work": margin, "foreground_work": fg, "background_work": bg}
+                "margin_points_work": margin, "fg_clicks_work": fg, "bg_clicks_work": bg}
         out = cache(data)
         d_fg, d_bg = click_distances(image[0], fg, bg, (1.0, 1.0, 2.0), margin)
         np.testing.assert_array_equal(out["distance_fg"], d_fg)

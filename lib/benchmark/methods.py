@@ -5,10 +5,9 @@ voxel size, the interior margin points and the refinement clicks so far, and ret
 full-size uint8 mask. The same clicks go to every method.
 
 * :class:`MIDeepSegMethod`: the server's infer task (``configs/midepseg.py``) called with a
-  request, exactly as MONAI Label clients call it; ``fusion=False`` gives the paper's "GC"
-  baseline of Tables 3/7: the same stage-1 CNN probability and the same graph cut with the
-  clicks as hard constraints, but without the information fusion (the task's fusion
-  post-transforms are dropped on that instance; ``lib/infers`` is untouched).
+  request, exactly as MONAI Label clients call it, with the task's ``refinement`` chosen by
+  its ``--conf`` (``regions``, the default; ``ifgc``, the paper's; ``gc``, the paper's "GC"
+  baseline of Tables 3/7 without the information fusion).
 * Classic methods, all restricted to the relaxed box of the margin points (the box MIDeepSeg
   crops) at the same capped working resolution as MIDeepSeg's refinement
   (``WORK_VOXELS``), with the margin points and foreground clicks as foreground seeds and
@@ -37,8 +36,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from lib.infers.midepseg_infer import WORK_VOXELS  # the classic methods use MIDeepSeg's refinement grid
-from lib.transforms.crop import crop_and_resize, crop_spacing, points_to_crop, relaxed_box, restore_from_crop, work_grid_size
+from lib.infers.midepseg_infer import DEFAULT_REFINEMENT, WORK_VOXELS  # classic methods: MIDeepSeg's refinement grid
+from lib.transforms.crop import box_border, crop_and_resize, crop_spacing, points_to_crop, relaxed_box, restore_from_crop, work_grid_size
 from lib.transforms.cues import CUE_ENCODINGS, check_encoding
 from lib.transforms.egd import geodesic_intensity
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, graph_cut
@@ -46,7 +45,13 @@ from lib.transforms.intensity import unit_range
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO / "apps" / "midepseg" / "model"
-METHOD_KEYS = ("midepseg", "midepseg_gc", "graphcut", "randomwalker", "geodesic", "grabcut")
+METHOD_KEYS = ("midepseg", "midepseg_ifgc", "midepseg_gc", "midepseg_learned", "midepseg_repaired",
+               "graphcut", "randomwalker", "geodesic", "grabcut")
+# Benchmark key -> the infer task's refinement (None: the server's default for the dimension).
+MIDEPSEG_REFINEMENT = {"midepseg": None, "midepseg_ifgc": "ifgc", "midepseg_gc": "gc",
+                       "midepseg_learned": "learned", "midepseg_repaired": "ifgc_repaired"}
+MIDEPSEG_NAMES = {"ifgc": "MIDeepSeg IF-GC (paper)", "gc": "MIDeepSeg GC (no fusion)",
+                  "learned": "MIDeepSeg learned refinement", "ifgc_repaired": "MIDeepSeg repaired IF-GC"}
 
 
 def _points(points, ndim: int) -> np.ndarray:
@@ -127,13 +132,14 @@ class MIDeepSegMethod(Method):
 
     Args:
         dim: 2 or 3 (the 2D or 3D model).
-        fusion: ``False`` drops the information fusion: graph cut on the CNN probability with
-            the clicks as hard constraints only ("GC" of the paper's Tables 3/7).
+        refinement: the infer task's refinement (``--conf refinement``, one of
+            ``lib.infers.midepseg_infer.REFINEMENTS``; ``None``: the server's default).
         model_dir: folder with ``midepseg_2d.pt``/``midepseg_3d.pt``.
         untrained: seeded random weights instead of the model file (tests, sanity checks).
         cue: cue encoding (:mod:`lib.transforms.cues`) of a network trained with it, given
             by ``model_file`` (the cue ablation, paper Tables 2/6).
         options: extra request parameters sent with every interaction (e.g. ``lamda``).
+        conf: extra ``--conf`` settings of the task (e.g. ``{"reach": "2"}``).
     """
 
     hard_constraints = True
@@ -141,24 +147,30 @@ class MIDeepSegMethod(Method):
     def __init__(
         self,
         dim: int,
-        fusion: bool = True,
+        refinement: str | None = None,
         model_dir: str | os.PathLike | None = None,
         device: str = "cpu",
         untrained: bool = False,
         cue: str = "egd",
         model_file: str | os.PathLike | None = None,
         options: dict | None = None,
+        conf: dict | None = None,
     ) -> None:
         if dim not in (2, 3):
             raise ValueError(f"MIDeepSeg: dim must be 2 or 3, got {dim}")
         self.dim = dim
         self.dims = (dim,)
-        self.fusion = fusion
+        refinement = refinement or DEFAULT_REFINEMENT[dim]
+        if refinement not in MIDEPSEG_NAMES:
+            raise ValueError(f"MIDeepSeg: refinement must be one of {tuple(MIDEPSEG_NAMES)}, got {refinement!r}")
+        self.refinement = refinement
         self.cue = check_encoding(cue)
         self.model_file = model_file
         self.options = dict(options or {})
-        self.key = "midepseg" if fusion else "midepseg_gc"
-        self.name = "MIDeepSeg" if fusion else "MIDeepSeg GC (no fusion)"
+        self.conf = {"cue": self.cue, "refinement": refinement, **(conf or {})}
+        default = refinement == DEFAULT_REFINEMENT[dim]
+        self.key = "midepseg" if default else f"midepseg_{refinement}"
+        self.name = f"MIDeepSeg ({MIDEPSEG_NAMES[refinement][10:]}, default)" if default else MIDEPSEG_NAMES[refinement]
         if model_file is not None:
             self.key += f"_cue_{cue}"
             self.name += f" [{cue} cue, ablation net]"
@@ -181,12 +193,10 @@ class MIDeepSegMethod(Method):
         import torch
 
         from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig
-        from lib.infers.midepseg_infer import MIDeepSegInfer
         from lib.networks import midepseg_unet
-        from lib.transforms.fusion import InformationFusiond
 
         config = (MIDeepSeg2DConfig if self.dim == 2 else MIDeepSeg3DConfig)()
-        config.init(f"midepseg_{self.dim}d", str(self.model_dir), {"cue": self.cue}, None)
+        config.init(f"midepseg_{self.dim}d", str(self.model_dir), self.conf, None)
         task = config.infer()
         if self.model_file is not None:
             task.path = [str(self.model_file)]
@@ -194,17 +204,6 @@ class MIDeepSegMethod(Method):
             task.path = []
             torch.manual_seed(0)
             task.network = midepseg_unet(self.dim)
-        if not self.fusion:
-            # Same pipeline minus the click distance maps and the fusion: GraphCutd then
-            # reads the CNN softmax (last channel = foreground) with the clicks as hard seeds.
-            def post_transforms(data=None, _task=task):
-                return [
-                    t
-                    for t in MIDeepSegInfer.post_transforms(_task, data)
-                    if t is not _task._distances and not isinstance(t, InformationFusiond)
-                ]
-
-            task.post_transforms = post_transforms
         return task
 
     def begin_case(self, image: np.ndarray, spacing: Sequence[float]) -> None:
@@ -308,22 +307,10 @@ class BoxWorkspace:
         return mask
 
     def border(self) -> np.ndarray:
-        """Boolean working-grid mask of the box faces that lie inside the image (the faces
-        on the image's own border may cut through the object); all faces when none does."""
-        ndim = len(self.size)
+        """Boolean working-grid mask of the box faces that lie inside the image
+        (:func:`lib.transforms.crop.box_border`)."""
         mask = np.zeros(self.size, dtype=bool)
-        for axis in range(ndim):
-            for end, interior in ((0, self.box[0][axis] > 0), (-1, self.box[1][axis] < self.shape[axis])):
-                if interior:
-                    index = [slice(None)] * ndim
-                    index[axis] = end
-                    mask[tuple(index)] = True
-        if not mask.any():
-            for axis in range(ndim):
-                for end in (0, -1):
-                    index = [slice(None)] * ndim
-                    index[axis] = end
-                    mask[tuple(index)] = True
+        mask[tuple(box_border(self.size, self.box, self.shape).T)] = True
         return mask
 
     def restore(self, work_mask: np.ndarray) -> np.ndarray:
@@ -578,9 +565,11 @@ def build_methods(
     for key in keys:
         if key not in METHOD_KEYS:
             raise ValueError(f"unknown method {key!r}; choose from {', '.join(METHOD_KEYS)}")
-        if key in ("midepseg", "midepseg_gc"):
+        if key in MIDEPSEG_REFINEMENT:
             for dim in dims:
-                methods.append(MIDeepSegMethod(dim, fusion=key == "midepseg", model_dir=model_dir, device=device, untrained=untrained))
+                if key != "midepseg" and MIDEPSEG_REFINEMENT[key] == DEFAULT_REFINEMENT[dim]:
+                    continue  # the default already runs as "midepseg"
+                methods.append(MIDeepSegMethod(dim, MIDEPSEG_REFINEMENT[key], model_dir=model_dir, device=device, untrained=untrained))
             continue
         method = {"graphcut": GraphCutMethod, "randomwalker": RandomWalkerMethod, "geodesic": GeodesicMethod, "grabcut": GrabCutMethod}[key]()
         ok, why = method.available()

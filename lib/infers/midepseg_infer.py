@@ -1,24 +1,45 @@
 """MIDeepSeg as a MONAI Label ``deepgrow`` infer task (2D or 3D).
 
 Request: ``foreground``/``background`` voxel indices (all points so far, in order),
-``margin_points`` (how many leading foreground points are interior margin points),
-``lamda``/``sigma`` (graph cut). Pipeline: load (cached) -> [2D model on a 3D image: the
-clicked slice] -> split clicks -> crop the relaxed box at (capped) original resolution ->
-stage 1: network crop + EGD + U-Net (cached per image and margin points) -> post: information
-fusion (only with refinement clicks) + graph cut -> back to the original geometry -> clicked
-voxels forced -> uint8 label.
+``margin_points`` (how many leading foreground points are interior margin points; stored
+as ``margin_count``, since ``margin_points`` is the array of those points from then on),
+``lamda``/``sigma`` (graph cut).
+
+Pipeline: load (cached) -> [2D model on a 3D image: the clicked slice] -> [an uploaded
+``label`` to start from] -> split the points into ``margin_points``, ``fg_clicks``,
+``bg_clicks`` -> crop the relaxed box at (capped) original resolution (the work grid,
+``*_work`` keys) -> stage 1: network crop + EGD + U-Net (cached per image and margin
+points; skipped when a label was uploaded) -> refinement on the work grid -> back to the
+original geometry -> clicked voxels forced -> uint8 label.
+
+Refinements (``refinement``, :data:`REFINEMENTS`; each a preset of the options below):
+
+* ``ifgc``: the paper's information fusion + graph cut of all clicks at once (reference);
+* ``gc``: graph cut of the CNN probability with the clicks as hard constraints (the
+  paper's "GC" baseline);
+* ``ifgc_repaired``: IF-GC with the measured repairs (margin points out of the fusion, the
+  geodesic on a smoothed image, a click's reach scaled by its depth in the error region), proposals combined by
+  :mod:`lib.transforms.monotone_edits` (a background click never adds, a foreground click
+  never removes, undo is exact);
+* ``learned``: the refinement U-Net (``<model>_refine.pt``, 5 input channels:
+  :mod:`lib.transforms.refinement_input`) re-run on the stage-1 crop, combined the same way
+  (an uploaded label is refined by the IF-GC proposal: the network needs the stage-1 crop).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from fastapi import HTTPException
 from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -26,13 +47,16 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.writer import Writer, write_itk
 
 from lib.infers.image_cache import CachedLoadImaged, LRUCache
-from lib.networks import inference_dtype, predict_probability
+from lib.networks import REFINEMENT_IN_CHANNELS, inference_dtype, midepseg_unet, predict_probability, refinement_from_stage1
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
-from lib.transforms.crop import CropByMarginPointsd, RestoreFromCropd, points_to_crop, resample
+from lib.transforms.crop import CropByMarginPointsd, RestoreFromCropd, box_border, crop_and_resize, points_to_crop, resample
 from lib.transforms.cues import check_encoding
-from lib.transforms.fusion import InformationFusiond, click_distance, seed_groups
-from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd
+from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, fuse_probability, seed_groups
+from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, MIN_KEPT_FRACTION, GraphCutd, graph_cut
+from lib.transforms.monotone_edits import local_changes, monotone_masks
+from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
+from lib.transforms.start_mask import LoadStartMaskd
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +65,51 @@ logger = logging.getLogger(__name__)
 # held-out BraTS case (soft network output) the max-flow took 0.35-0.75 s per click at 64^3
 # and 0.07-0.23 s at 48^3, with the same Dice after 5 robot clicks (0.857 vs 0.862).
 WORK_VOXELS = {2: 160 * 160, 3: 48 * 48 * 48}
-WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "foreground_work", "background_key": "background_work"}
+WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_work", "background_key": "bg_clicks_work"}
+
+@dataclass(frozen=True)
+class RefinementOptions:
+    """How refinement clicks act.
+
+    Attributes:
+        proposal: ``"ifgc"`` (fusion + graph cut), ``"gc"`` (graph cut of the CNN
+            probability) or ``"learned"`` (the refinement U-Net).
+        monotone: combine the proposals by :func:`monotone_masks` (otherwise the proposal
+            for all clicks is the answer, as in the paper).
+        fusion_margin: the margin points count as foreground clicks in the fusion (paper).
+        border_background: the box faces inside the image count as a background click in
+            the fusion.
+        spatial_weight, smoothing: of :func:`click_distance`.
+        local: keep only the proposal's changes that touch a click of their label
+            (:func:`local_changes`; with ``monotone``).
+        depth_reach: a refinement click's spatial term is measured in units of its depth in
+            the error region it was placed in (its distance to the previous mask's boundary)
+            instead of the box's side, so its reach follows that region's size (with
+            ``monotone``).
+    """
+
+    proposal: str = "ifgc"
+    monotone: bool = False
+    fusion_margin: bool = True
+    border_background: bool = False
+    spatial_weight: float = SPATIAL_WEIGHT
+    smoothing: float = 0.0
+    local: bool = False
+    depth_reach: bool = False
+
+
+REFINEMENTS = {
+    "ifgc": RefinementOptions(),
+    "gc": RefinementOptions(proposal="gc"),
+    # Chosen on 46 training objects with the robot (scripts/tune_refinement.py; README).
+    "ifgc_repaired": RefinementOptions(
+        monotone=True, fusion_margin=False, smoothing=1.0, depth_reach=True, spatial_weight=1.0
+    ),
+    "learned": RefinementOptions(proposal="learned", monotone=True),
+}
+# The default per dimension: the learned refinement where its weights ship (2D), the repaired
+# IF-GC elsewhere; chosen by the click benchmark (README, "Corrective clicks").
+DEFAULT_REFINEMENT = {2: "learned", 3: "ifgc_repaired"}
 
 
 def warm_up_label_writer() -> None:
@@ -77,6 +145,9 @@ class MIDeepSegInfer(BasicInferTask):
         work_voxels: int | None = None,
         precision: str = "auto",
         cue: str = "egd",
+        refinement: str | None = None,
+        refinement_options: dict | None = None,
+        refinement_path: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -96,10 +167,17 @@ class MIDeepSegInfer(BasicInferTask):
         inference_dtype(precision, "cpu")  # fail at start-up on an unknown precision
         self.precision = precision
         self.cue = check_encoding(cue)
+        refinement = refinement or DEFAULT_REFINEMENT[dimension]
+        if refinement not in REFINEMENTS:
+            raise ValueError(f"refinement must be one of {tuple(REFINEMENTS)}, got {refinement!r}")
+        self.refinement = refinement
+        self.options = replace(REFINEMENTS[refinement], **(refinement_options or {}))
         self._loader = CachedLoadImaged(keys="image")
         self._work_crop = _CachedWorkCrop(self.work_voxels)
-        self._distances = _CachedClickDistances()
+        self._distances = _CachedClickDistances(self.options.spatial_weight, self.options.smoothing)
         self._stage1_cache = LRUCache(16)
+        self._learned = _LearnedProposal(self, refinement_path) if self.options.proposal == "learned" else None
+        self._refine = _Refinement(self.options, self._distances, self._learned)
 
     def warm_up(self, device: str) -> None:
         """Load the weights and run the network once on a blank input, so that the one-off
@@ -113,6 +191,11 @@ class MIDeepSegInfer(BasicInferTask):
 
     def __call__(self, request, callbacks=None):
         _check_graph_cut_params(request)
+        request = dict(request)
+        if "margin_points" in request:  # the count; "margin_points" names the points themselves below
+            request["margin_count"] = request.pop("margin_points")
+        if "label" in request:  # the uploaded mask to start from (a file path); "label" is the reference elsewhere
+            request["start_label"] = request.pop("label")
         try:
             return super().__call__(request, callbacks)
         except MarginPointsIncomplete as waiting:
@@ -127,6 +210,7 @@ class MIDeepSegInfer(BasicInferTask):
         if self.dimension == 2:
             transforms.append(SelectSliced(keys="image"))
         transforms += [
+            LoadStartMaskd(keys="start_label"),
             ParseClicksd(keys="image", default_count=self.default_margin_points),
             _StopWhenIncomplete(),
             self._work_crop,
@@ -140,6 +224,11 @@ class MIDeepSegInfer(BasicInferTask):
         """Stage 1: U-Net foreground probability on the work grid, cached per image, slice,
         margin points and model file."""
         timing = data.setdefault("timing", {})
+        if data.get("start_mask") is not None:  # refine the uploaded mask: no network
+            data["stage1_key"] = ("start_mask", hashlib.sha1(np.packbits(data["start_mask"]).tobytes()).hexdigest())
+            data["pred"] = crop_and_resize(data["start_mask"][None], data["work_box"], data["work_image"].shape[1:], "bilinear")
+            data["stage1_cached"] = False
+            return data
         model_path = self.get_path()
         key = (
             data.get("image_cache_key"),
@@ -161,26 +250,28 @@ class MIDeepSegInfer(BasicInferTask):
             network = self._get_network(device, data)
             net_input = torch.as_tensor(np.asarray(net_input), dtype=torch.float32)[None].to(device)
             prob = predict_probability(network, net_input, inference_dtype(self.precision, device))[0].cpu().numpy()
-            cached = resample(prob[1:], data["work_image"].shape[1:], "bilinear")  # foreground only
+            work_prob = resample(prob[1:], data["work_image"].shape[1:], "bilinear")  # foreground only
+            cached = (work_prob, net_input[0].cpu().numpy())
             self._stage1_cache.put(key, cached)
             timing["network"] = time.perf_counter() - start
         data["stage1_cached"] = "network" not in timing
-        data["pred"] = cached
+        data["stage1_key"] = key
+        data["pred"], data["stage1_input"] = cached
+        data["device"] = device
         return data
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        return [
-            self._distances,
-            InformationFusiond(keys="pred", image_key="work_image", **WORK_KEYS),
-            GraphCutd(keys="pred", image_key="work_image", spacing_key="work_spacing", **WORK_KEYS),
-            _RestoreAndBinarise(),
-            ApplyClicksd(keys="pred"),
-            PasteSliced(keys="pred"),
-        ]
+        if self.options.monotone:
+            refine = [self._refine]
+        else:
+            graph_cut = GraphCutd(keys="pred", image_key="work_image", spacing_key="work_spacing", **WORK_KEYS)
+            fusion = [self._distances, InformationFusiond(keys="pred", image_key="work_image", **WORK_KEYS)]
+            refine = (fusion if self.options.proposal == "ifgc" else []) + [graph_cut]
+        return refine + [_RestoreAndBinarise(), ApplyClicksd(keys="pred"), PasteSliced(keys="pred")]
 
     def run_post_transforms(self, data: dict[str, Any], transforms) -> dict:
         timing = data.setdefault("timing", {})
-        names = {_CachedClickDistances: "fusion", InformationFusiond: "fusion", GraphCutd: "graph_cut"}
+        names = {_CachedClickDistances: "fusion", InformationFusiond: "fusion", GraphCutd: "graph_cut", _Refinement: "refinement"}
         for t in transforms:
             start = time.perf_counter()
             data = t(data)
@@ -198,9 +289,11 @@ class MIDeepSegInfer(BasicInferTask):
     def _finalise(self, data: dict[str, Any]) -> dict:
         """uint8 spatial label and the result JSON (stage, clicks, per-stage seconds)."""
         data["pred"] = np.asarray(data["pred"])[0].astype(np.uint8)
-        refinement = len(data["foreground"]) + len(data["background"])
+        refinement = len(data["fg_clicks"]) + len(data["bg_clicks"])
         data["result"] = {
             "stage": 2 if refinement else 1,
+            "start": "stage 1" if data.get("start_mask") is None else "uploaded label",
+            "refinement": self.refinement,
             "margin_points": len(data["margin_points"]),
             "refinement_clicks": int(refinement),
             "stage1_cached": bool(data.get("stage1_cached")),
@@ -249,7 +342,7 @@ class _StopWhenIncomplete:
     """Stop the pipeline (and answer an empty label) until two margin points are in."""
 
     def __call__(self, data: dict) -> dict:
-        if len(data["margin_points"]) < MIN_MARGIN_POINTS:
+        if data.get("start_mask") is None and len(data["margin_points"]) < MIN_MARGIN_POINTS:
             raise MarginPointsIncomplete(data)
         return data
 
@@ -273,7 +366,7 @@ class _CachedWorkCrop:
     box are left out of the work grid (clipping them onto its border would move them); the
     label is forced at them in the final mask all the same (:class:`ApplyClicksd`)."""
 
-    POINT_KEYS = ("margin_points", "foreground", "background")
+    POINT_KEYS = ("margin_points", "fg_clicks", "bg_clicks")
     KEYS = ("work_image", "work_box", "work_original_shape", "work_spacing")
 
     def __init__(self, max_voxels: int) -> None:
@@ -283,10 +376,15 @@ class _CachedWorkCrop:
         self._cache = LRUCache(8)
 
     def __call__(self, data: dict) -> dict:
-        key = (data.get("image_cache_key"), data.get("slice"), np.asarray(data["margin_points"]).tobytes())
+        points = data["margin_points"]
+        if data.get("start_mask") is not None:
+            # The relaxed box of the uploaded mask and of every click.
+            idx = np.argwhere(data["start_mask"])
+            points = np.concatenate([idx.min(0)[None], idx.max(0)[None], data["fg_clicks"], data["bg_clicks"]])
+        key = (data.get("image_cache_key"), data.get("slice"), np.asarray(points).tobytes())
         cached = self._cache.get(key)
         if cached is None:
-            out = self._crop({"work_image": data["image"], "margin_points": data["margin_points"], "spacing": data.get("spacing")})
+            out = self._crop({"work_image": data["image"], "margin_points": points, "spacing": data.get("spacing")})
             cached = {k: out[k] for k in self.KEYS}
             self._cache.put(key, cached)
         data.update(cached)
@@ -301,27 +399,170 @@ class _CachedWorkCrop:
 
 
 class _CachedClickDistances:
-    """The fusion's distance maps ``distance_fg``/``distance_bg`` on the work grid, exactly
-    :func:`click_distances` (minimum over :func:`seed_groups`), with each seed set's map
-    cached across requests: a new click costs one raster scan."""
+    """The fusion's distance maps on the work grid (:func:`click_distance` with the task's
+    spatial weight), one per seed set, cached across requests: a new click costs one raster
+    scan. As a transform (``ifgc``): ``distance_fg``/``distance_bg``, exactly
+    :func:`lib.transforms.fusion.click_distances` (minimum over :func:`seed_groups`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spatial_weight: float = SPATIAL_WEIGHT, smoothing: float = 0.0) -> None:
+        self.spatial_weight = spatial_weight
+        self.smoothing = smoothing
         self._cache = LRUCache(256)
 
-    def _distance(self, data: dict, points: np.ndarray) -> np.ndarray:
-        key = (data["work_cache_key"], np.asarray(points).tobytes())
+    def distance(self, data: dict, points: np.ndarray, spatial_weight: float | None = None) -> np.ndarray:
+        """``spatial_weight``: override the task's (0: the geodesic part alone)."""
+        weight = self.spatial_weight if spatial_weight is None else spatial_weight
+        key = (data["work_cache_key"], np.asarray(points).tobytes(), weight)
         dist = self._cache.get(key)
         if dist is None:
-            dist = click_distance(data["work_image"][0], points, data["work_spacing"])
+            dist = click_distance(data["work_image"][0], points, data["work_spacing"], weight, self.smoothing)
             self._cache.put(key, dist)
         return dist
 
     def __call__(self, data: dict) -> dict:
-        fg, bg = data["foreground_work"], data["background_work"]
+        fg, bg = data["fg_clicks_work"], data["bg_clicks_work"]
         if len(fg) + len(bg) == 0:
             return data
         margin = data["margin_points_work"]
         for name, groups in (("distance_fg", seed_groups(margin, fg)), ("distance_bg", seed_groups(margin[:0], bg))):
-            maps = [self._distance(data, g) for g in groups]
+            maps = [self.distance(data, g) for g in groups]
             data[name] = np.minimum.reduce(maps) if maps else None
         return data
+
+
+class _Refinement:
+    """The monotone refinement on the work grid: ``pred`` (foreground probability of stage 1
+    or of the uploaded mask) becomes ``M(i, j)`` of :func:`monotone_masks`, with ``M(0, 0)``
+    the graph cut of ``pred`` with the margin points as hard foreground and ``R`` the
+    proposal of :attr:`RefinementOptions.proposal` for each state. Masks are cached per
+    state (the click lists' prefixes), so a new click costs one row or column of the grid."""
+
+    def __init__(self, options: RefinementOptions, distances: _CachedClickDistances, learned: "_LearnedProposal | None") -> None:
+        self.options = options
+        self.distances = distances
+        self.learned = learned
+        self._masks = LRUCache(1024)
+
+    def _state_key(self, data: dict, state: tuple[int, int]) -> tuple:
+        i, j = state
+        return (data["work_cache_key"], data["stage1_key"], data.get("lamda"), data.get("sigma"),
+                data["fg_clicks_work"][:i].tobytes(), data["bg_clicks_work"][:j].tobytes())
+
+    def _cut(self, data: dict, prob: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+        return graph_cut(
+            data["work_image"][0], prob, np.concatenate([data["margin_points_work"], fg]), bg,
+            float(data.get("lamda", DEFAULT_LAMDA)), float(data.get("sigma", DEFAULT_SIGMA)),
+            data["work_spacing"], None, MIN_KEPT_FRACTION,
+        )
+
+    def _click_map(self, data: dict, point: np.ndarray, depth: np.ndarray | None) -> np.ndarray:
+        if depth is None:
+            return self.distances.distance(data, point[None])
+        sp = np.asarray(data["work_spacing"], dtype=np.float64)
+        grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(depth.shape, point, sp)], indexing="ij", sparse=True)
+        euclid = np.sqrt(sum(g**2 for g in grids))
+        return self.distances.distance(data, point[None], 0.0) + self.options.spatial_weight * euclid / depth[tuple(point)]
+
+    def _fused(self, data: dict, prob: np.ndarray, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """IF (Eq. 3-7) of the clicks of one state, with the options' seed sets."""
+        margin = data["margin_points_work"]
+        depth = _boundary_depth(previous, data["work_spacing"]) if self.options.depth_reach else None
+        fg_maps = [self._click_map(data, p, depth) for p in fg]
+        bg_maps = [self._click_map(data, p, depth) for p in bg]
+        if self.options.fusion_margin and len(margin):
+            fg_maps.append(self.distances.distance(data, margin))
+        if self.options.border_background:
+            bg_maps.append(self.distances.distance(data, box_border(prob.shape, data["work_box"], data["work_original_shape"])))
+        d_fg, d_bg = (np.minimum.reduce(m) if m else None for m in (fg_maps, bg_maps))
+        return fuse_probability(prob, d_fg, d_bg)
+
+    def propose(self, data: dict, states, previous) -> list[np.ndarray]:
+        prob = np.asarray(data["pred"])[-1]
+        fg_all, bg_all = data["fg_clicks_work"], data["bg_clicks_work"]
+        if self.options.proposal == "learned" and "stage1_input" in data:  # not for an uploaded label
+            return self.learned(data, [(fg_all[:i], bg_all[:j]) for i, j in states], previous)
+        out = []
+        for (i, j), prev in zip(states, previous):
+            fg, bg = fg_all[:i], bg_all[:j]
+            fused = self._fused(data, prob, fg, bg, prev) if self.options.proposal == "ifgc" else prob
+            mask = self._cut(data, fused, fg, bg)
+            out.append(local_changes(mask, prev, fg, bg) if self.options.local else mask)
+        return out
+
+    def __call__(self, data: dict) -> dict:
+        n, m = len(data["fg_clicks_work"]), len(data["bg_clicks_work"])
+        known = {}
+        for state in ((i, j) for i in range(n + 1) for j in range(m + 1)):
+            cached = self._masks.get(self._state_key(data, state))
+            if cached is not None:
+                known[state] = cached
+        if (0, 0) not in known:
+            known[(0, 0)] = self._cut(data, np.asarray(data["pred"])[-1], data["fg_clicks_work"][:0], data["bg_clicks_work"][:0])
+        masks = monotone_masks(n, m, known[(0, 0)], lambda states, prev: self.propose(data, states, prev), known)
+        for state, mask in masks.items():
+            if state not in known:
+                self._masks.put(self._state_key(data, state), mask)
+        data["pred"] = masks[(n, m)].astype(np.uint8)[None]
+        return data
+
+
+def _boundary_depth(mask: np.ndarray, spacing) -> np.ndarray:
+    """Physical distance of every voxel to the boundary of ``mask`` (either side), at least
+    the finest voxel size."""
+    m = np.asarray(mask) > 0
+    sp = np.asarray(spacing, dtype=np.float64)
+    if not m.any() or m.all():
+        return np.full(m.shape, float(np.max(np.asarray(m.shape) * sp)))
+    depth = np.where(m, ndimage.distance_transform_edt(m, sampling=sp), ndimage.distance_transform_edt(~m, sampling=sp))
+    return np.maximum(depth, float(sp.min()))
+
+
+class _LearnedProposal:
+    """Proposals of the learned refinement U-Net for a batch of states: the stage-1 crop
+    (network grid) plus the EGDs of the state's clicks and its previous mask
+    (:func:`refinement_input`), resampled to the work grid and thresholded at 0.5."""
+
+    def __init__(self, task: MIDeepSegInfer, path: str | None) -> None:
+        self.task = task
+        base = task.path[0] if isinstance(task.path, (list, tuple)) and task.path else task.path
+        self.path = path or (str(base).replace(".pt", "_refine.pt") if base else None)
+        self._network: torch.nn.Module | None = None
+        self._lock = threading.Lock()
+
+    def network(self, device: str) -> torch.nn.Module:
+        """The refinement U-Net; without its weights file, one initialised from the stage-1
+        network (:func:`refinement_from_stage1`: it answers what stage 1 answers, and the
+        clicks then act through the monotone combination's hard labels only)."""
+        with self._lock:
+            if self._network is None:
+                if self.path and os.path.exists(self.path):
+                    net = midepseg_unet(self.task.dimension, REFINEMENT_IN_CHANNELS)
+                    net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True)["model"])
+                else:
+                    logger.warning("refinement 'learned': no weights at %s, using the stage-1 network", self.path)
+                    net = refinement_from_stage1(self.task._get_network("cpu", None).state_dict(), self.task.dimension)
+                self._network = net.to(device).eval()
+            return self._network
+
+    def __call__(self, data: dict, clicks, previous) -> list[np.ndarray]:
+        grid = self.task.spatial_size
+        work_size = data["work_image"].shape[1:]
+        image, cue = data["stage1_input"]
+        to_grid = np.asarray(grid, dtype=np.float64) / np.asarray(work_size, dtype=np.float64)
+        inputs = []
+        for (fg, bg), prev in zip(clicks, previous):
+            grid_fg, grid_bg = (np.clip(np.rint((p + 0.5) * to_grid - 0.5), 0, np.asarray(grid) - 1).astype(np.int64)
+                                for p in (fg, bg))
+            prev_grid = resample(np.asarray(prev, dtype=np.float32)[None], grid, "bilinear")[0]
+            inputs.append(refinement_input(image, cue, grid_fg, grid_bg, prev_grid))
+        device = str(data.get("device", "cpu"))
+        x = torch.as_tensor(np.stack(inputs)).to(device)
+        prob = predict_probability(self.network(device), x, inference_dtype(self.task.precision, device))[:, 1].cpu().numpy()
+        work = resample(prob, work_size, "bilinear")
+        out = []
+        for (fg, bg), p in zip(clicks, work):
+            mask = p >= 0.5
+            mask[tuple(fg.T)] = True
+            mask[tuple(bg.T)] = False
+            out.append(mask)
+        return out

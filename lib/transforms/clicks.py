@@ -21,22 +21,24 @@ MIN_MARGIN_POINTS = 2
 
 
 def split_clicks(
-    foreground, background, spatial_shape, margin_points: int
+    foreground, background, spatial_shape, margin_points: int, start_mask: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the request's point lists and split them into
     ``(margin_points, refinement_foreground, background)``, each ``(N, ndim)`` int64.
 
     A voxel clicked twice with the same label counts once; one clicked as both foreground
     and background, a point outside the image, a wrong number of coordinates or a
-    non-numeric value raise ``ValueError``, as does a request with no point at all.
+    non-numeric value raise ``ValueError``, as does a request with no point at all. With
+    ``start_mask`` (the request refines an uploaded mask instead of stage 1) there are no
+    margin points: every point is a refinement click, and none at all is allowed.
     """
     ndim = len(spatial_shape)
-    n = int(margin_points)
-    if n < MIN_MARGIN_POINTS:
+    n = 0 if start_mask else int(margin_points)
+    if not start_mask and n < MIN_MARGIN_POINTS:
         raise ValueError(f"margin_points must be at least {MIN_MARGIN_POINTS}, got {margin_points}")
     fg = unique_points(validate_points(foreground, spatial_shape, "foreground", allow_duplicates=True))
     bg = unique_points(validate_points(background, spatial_shape, "background", allow_duplicates=True))
-    if len(fg) == 0 and len(bg) == 0:
+    if len(fg) == 0 and len(bg) == 0 and not start_mask:
         raise ValueError("no points given: click the interior margin points (foreground) first")
     both = {tuple(p) for p in fg.tolist()} & {tuple(p) for p in bg.tolist()}
     if both:
@@ -45,33 +47,40 @@ def split_clicks(
 
 
 class ParseClicksd(MapTransform):
-    """Turn the request's ``foreground``/``background`` lists into ``margin_points``,
-    ``foreground`` (refinement) and ``background`` arrays (:func:`split_clicks`), checked
-    against the image in ``keys`` (``(C, *spatial)``).
+    """Split the request's point lists ``foreground``/``background`` (all points so far,
+    left unchanged) into ``margin_points``, ``fg_clicks`` and ``bg_clicks`` arrays
+    (:func:`split_clicks`), checked against the image in ``keys`` (``(C, *spatial)``).
 
-    The count of margin points is read from ``data[count_key]`` (the model's
-    ``margin_points`` config, overridable per request), falling back to ``default_count``;
-    the array of margin points then replaces it under ``points_key``. Background clicks
-    placed before all margin points are in are kept out until they are (they are refinements).
-    Only the image's shape is read here: checking its content is the loader's job, once.
+    The count of margin points is read from ``data[count_key]`` (the infer task stores the
+    request's ``margin_points`` option there), falling back to ``default_count``. Background
+    clicks placed before all margin points are in are kept out until they are (they are
+    refinements). With a mask to start from in ``data[start_mask_key]`` there are no margin
+    points (:func:`split_clicks`). Only the image's shape is read here: checking its content
+    is the loader's job, once.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
         default_count: int,
-        count_key: str = "margin_points",
-        points_key: str = "margin_points",
+        count_key: str = "margin_count",
+        margin_key: str = "margin_points",
         foreground_key: str = "foreground",
         background_key: str = "background",
+        fg_clicks_key: str = "fg_clicks",
+        bg_clicks_key: str = "bg_clicks",
+        start_mask_key: str = "start_mask",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.start_mask_key = start_mask_key
         self.default_count = default_count
         self.count_key = count_key
-        self.points_key = points_key
+        self.margin_key = margin_key
         self.foreground_key = foreground_key
         self.background_key = background_key
+        self.fg_clicks_key = fg_clicks_key
+        self.bg_clicks_key = bg_clicks_key
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -84,10 +93,12 @@ class ParseClicksd(MapTransform):
                 count = int(count)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"margin_points must be an integer, got {count!r}") from e
-            margin, fg, bg = split_clicks(d.get(self.foreground_key), d.get(self.background_key), shape, count)
-            d[self.points_key] = margin
-            d[self.foreground_key] = fg
-            d[self.background_key] = bg
+            margin, fg, bg = split_clicks(
+                d.get(self.foreground_key), d.get(self.background_key), shape, count, d.get(self.start_mask_key) is not None
+            )
+            d[self.margin_key] = margin
+            d[self.fg_clicks_key] = fg
+            d[self.bg_clicks_key] = bg
         return d
 
 
@@ -173,8 +184,8 @@ class ApplyClicksd(MapTransform):
         self,
         keys: KeysCollection,
         margin_key: str = "margin_points",
-        foreground_key: str = "foreground",
-        background_key: str = "background",
+        foreground_key: str = "fg_clicks",
+        background_key: str = "bg_clicks",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)

@@ -56,6 +56,21 @@ def box_slices(box: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(box[0], box[1]))
 
 
+def box_border(shape: Sequence[int], box: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+    """``(N, ndim)`` voxel indices of the work grid's faces that lie inside the image (a face
+    on the image's own border may cut through the object); all faces when none does."""
+    ndim = len(shape)
+    mask = np.zeros(tuple(shape), dtype=bool)
+    faces = [(axis, end, interior) for axis in range(ndim)
+             for end, interior in ((0, box[0][axis] > 0), (-1, box[1][axis] < image_shape[axis]))]
+    for axis, end, interior in faces if any(f[2] for f in faces) else [(a, e, True) for a, e, _ in faces]:
+        if interior:
+            index = [slice(None)] * ndim
+            index[axis] = end
+            mask[tuple(index)] = True
+    return np.argwhere(mask)
+
+
 def crop_spacing(box: np.ndarray, out_size: Sequence[int], spacing: Sequence[float] | None = None) -> np.ndarray:
     """Physical size of one voxel of the resized crop."""
     sp = np.ones(box.shape[1]) if spacing is None else np.asarray(spacing, dtype=np.float64)

@@ -63,10 +63,20 @@ def fuse_probability(
     return ((1.0 - alpha) * p + alpha * e_fg).astype(np.float32)
 
 
-def click_distance(image: np.ndarray, points: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+def click_distance(
+    image: np.ndarray,
+    points: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    spatial_weight: float = SPATIAL_WEIGHT,
+    smoothing: float = 0.0,
+    scale: float | None = None,
+) -> np.ndarray:
     """Distance ``D`` of every voxel to one seed set ``points``: the geodesic distance of the
-    EGD (:func:`geodesic_distance`) plus ``SPATIAL_WEIGHT`` times the Euclidean distance in
-    units of the region's longest physical side.
+    EGD (:func:`geodesic_distance`) plus ``spatial_weight`` times the Euclidean distance in
+    units of the region's longest physical side. ``smoothing`` > 0: the geodesic runs on
+    the image blurred by a Gaussian of that many voxels (noise then adds less path cost
+    inside a homogeneous region). ``scale``: the length (physical) the Euclidean distance is
+    measured in, instead of the region's longest side.
 
     The pure intensity geodesic is ~0 across any flat region, so one click would set
     ``alpha`` ~ 1 over every flat area it connects to through a weak edge (ultrasound
@@ -80,7 +90,10 @@ def click_distance(image: np.ndarray, points: np.ndarray, spacing: Sequence[floa
     pts = validate_points(points, img.shape, "clicks", min_count=1, allow_duplicates=True)
     sp = np.ones(img.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     euclid = ndimage.distance_transform_edt(points_to_mask(pts, img.shape) == 0, sampling=sp)
-    return (geodesic_distance(img, pts) + SPATIAL_WEIGHT * euclid / float(np.max(np.asarray(img.shape) * sp))).astype(np.float32)
+    if smoothing > 0:
+        img = ndimage.gaussian_filter(img.astype(np.float32), smoothing)
+    unit = float(np.max(np.asarray(img.shape) * sp)) if scale is None else float(scale)
+    return (geodesic_distance(img, pts) + spatial_weight * euclid / unit).astype(np.float32)
 
 
 def seed_groups(margin: np.ndarray, clicks: np.ndarray) -> list[np.ndarray]:

@@ -1,0 +1,73 @@
+"""Benchmark measures over robot-user runs (:class:`lib.benchmark.protocol.ProtocolResult`).
+
+Beside NoC@85/90, the measures of the CVPR 2025 interactive 3D medical segmentation
+challenge ("Foundation models for interactive 3D biomedical image segmentation"):
+
+* DSC AUC: area under the Dice-vs-interaction curve over the first interaction (margin
+  points here, a box there) and 5 corrective clicks, trapezoid rule with unit steps
+  (range 0-5);
+* final Dice, and final NSD (normalised surface Dice) at a 2 mm tolerance, after the
+  budget of clicks;
+
+and the click statistics of issue 10: the mean Dice gain per click, and the share of
+clicks that lower Dice by more than 0.01.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+AUC_CLICKS = 5
+NSD_TOLERANCE_MM = 2.0
+WORSE_BY = 0.01
+
+
+def padded_dice(dices: Sequence[float], clicks: int) -> np.ndarray:
+    """Dice after 0..``clicks`` clicks; a run that stopped early (nothing left to click)
+    keeps its last value."""
+    values = list(dices)[: clicks + 1]
+    return np.asarray(values + [values[-1]] * (clicks + 1 - len(values)), dtype=np.float64)
+
+
+def dsc_auc(dices: Sequence[float], clicks: int = AUC_CLICKS) -> float:
+    """Area under Dice over interactions 0..``clicks`` (trapezoid rule, unit spacing)."""
+    d = padded_dice(dices, clicks)
+    return float(np.sum((d[1:] + d[:-1]) / 2.0))
+
+
+def normalised_surface_dice(mask: np.ndarray, reference: np.ndarray, spacing: Sequence[float] | None,
+                            tolerance: float = NSD_TOLERANCE_MM) -> float:
+    """NSD (Nikolov et al.): the share of both surfaces within ``tolerance`` mm of the
+    other, by MONAI's ``compute_surface_dice``; 1 for two empty masks, 0 when one is empty."""
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    m, r = np.asarray(mask) > 0, np.asarray(reference) > 0
+    if not m.any() and not r.any():
+        return 1.0
+    if not m.any() or not r.any():
+        return 0.0
+    idx = np.argwhere(m | r)
+    box = tuple(slice(max(int(a) - 2, 0), int(b) + 3) for a, b in zip(idx.min(0), idx.max(0)))
+    onehot = [torch.as_tensor(np.stack([~x[box], x[box]])[None].astype(np.float32)) for x in (m, r)]
+    sp = None if spacing is None else [float(s) for s in spacing]
+    value = compute_surface_dice(onehot[0], onehot[1], [tolerance], include_background=False, spacing=sp)
+    return float(value.reshape(-1)[0])
+
+
+def click_statistics(results, clicks: int) -> dict:
+    """Means over runs: Dice after 0/1/3/5/10 clicks (those within ``clicks``), NoC@85/90,
+    DSC AUC, the mean Dice gain per click, the share of clicks that lower Dice by more than
+    0.01, and the mean wall time of a click (s)."""
+    curves = np.stack([padded_dice(r.dice, clicks) for r in results])
+    steps = np.concatenate([np.diff(np.asarray(r.dice)) for r in results])
+    out = {f"dice{k}": float(curves[:, k].mean()) for k in (0, 1, 3, 5, 10) if k <= clicks}
+    out["noc85"] = float(np.mean([r.noc(0.85) for r in results]))
+    out["noc90"] = float(np.mean([r.noc(0.90) for r in results]))
+    out["dsc_auc"] = float(np.mean([dsc_auc(r.dice) for r in results]))
+    out["gain_per_click"] = float(steps.mean()) if len(steps) else 0.0
+    out["worse_fraction"] = float(np.mean(steps < -WORSE_BY)) if len(steps) else 0.0
+    out["click_seconds"] = float(np.mean([t for r in results for t in r.latency[1:]] or [0.0]))
+    return out

@@ -1,0 +1,320 @@
+"""Iterative click training of the learned refinement network (issue 10 (c)).
+
+The refinement U-Net (:func:`lib.networks.refinement_from_stage1`, initialised from the
+shipped stage-1 weights) sees the stage-1 crop plus the clicks and the previous mask
+(:mod:`lib.transforms.refinement_input`). Training follows the iterative scheme of
+DeepIGeoS' R-Net and RITM: per batch,
+
+1. draw an object, augment it, simulate interior margin points, crop the relaxed box to the
+   network grid (exactly the stage-1 chain);
+2. the frozen stage-1 network gives the first mask;
+3. ``r`` rounds (uniform in ``0..max_rounds``) without gradient: the robot user adds a
+   corrective click on the current mask's largest error region (at its interior-most voxel,
+   or with probability ``jitter`` at a random voxel of that region at least 2 voxels from its
+   border, as a human would), and the refinement network's answer becomes the mask;
+4. one more click, and the Dice + cross-entropy loss of the network's answer.
+
+Validation: held-out objects (by subject), deterministic margin points, robot clicks;
+Dice after 1, 3 and 5 clicks on the network grid. The best checkpoint (mean of those) is
+published atomically as ``{"model": state_dict}``.
+
+    python -m lib.trainers.refinement_train --dim 2 --images runs/data/mix2d/images \\
+        --labels runs/data/mix2d/labels --minutes 50 --out apps/midepseg/model/midepseg_2d_refine.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from scipy import ndimage
+
+from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet, refinement_from_stage1
+from lib.trainers.handlers import save_atomic
+from lib.trainers.midepseg_train import group_partition
+from lib.transforms.crop import crop_and_resize, points_to_crop, relaxed_box, resample
+from lib.transforms.cues import cue_map
+from lib.transforms.margin_points import extreme_margin_points, simulate_margin_points
+from lib.transforms.refinement_input import refinement_input
+from lib.transforms.robot_user import corrective_click
+
+logger = logging.getLogger(__name__)
+
+OBJECT_CONTEXT = {2: 48, 3: 24}
+# Objects are stored at most this many voxels per side (the network sees 64^2 / 96x96x64
+# crops of them; margin-point simulation on full-size ultrasound frames was most of a step).
+MAX_SIDE = {2: 192, 3: 128}
+VAL_CLICKS = (1, 3, 5)
+
+
+@dataclass
+class TrainObject:
+    """One object cropped with context: spatial image, binary label, voxel size."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: np.ndarray
+
+
+def load_objects(pairs: Sequence[tuple[str, str]], dim: int) -> list[TrainObject]:
+    """Load (image, label) file pairs; colour images become grey; each is cropped to its
+    object's bounding box grown by ``OBJECT_CONTEXT`` voxels and shrunk to at most
+    ``MAX_SIDE`` voxels per side."""
+    from monai.transforms import LoadImage
+
+    load = LoadImage(image_only=True)
+    objects = []
+    for image_path, label_path in pairs:
+        img = load(image_path)
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.ndim == dim + 1 and arr.shape[-1] in (3, 4):
+            arr = arr[..., :3].mean(axis=-1)
+        label = np.asarray(load(label_path)) > 0.5
+        if label.ndim == dim + 1 and label.shape[-1] in (3, 4):
+            label = label[..., 0]
+        if arr.shape != label.shape or arr.ndim != dim or not label.any():
+            logger.warning("%s: skipped (image %s, label %s)", image_path, arr.shape, label.shape)
+            continue
+        spacing = np.asarray(getattr(img, "pixdim", np.ones(dim)), dtype=np.float64)[:dim]
+        idx = np.argwhere(label)
+        lo = np.maximum(idx.min(0) - OBJECT_CONTEXT[dim], 0)
+        hi = np.minimum(idx.max(0) + OBJECT_CONTEXT[dim] + 1, label.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        image, label = arr[box], label[box]
+        scale = min(1.0, MAX_SIDE[dim] / max(image.shape))
+        if scale < 1.0:
+            size = [max(1, int(round(n * scale))) for n in image.shape]
+            spacing = spacing * np.asarray(image.shape) / np.asarray(size)
+            image = resample(image[None], size, "bilinear")[0]
+            label = resample(label[None].astype(np.float32), size, "nearest")[0] > 0.5
+        objects.append(TrainObject(Path(image_path).name, image.copy(), label.copy(), spacing))
+    return objects
+
+
+def _zscore(image: np.ndarray) -> np.ndarray:
+    std = float(image.std())
+    return ((image - image.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+
+
+def _augment_intensity(image: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+    """Gamma, inversion, noise and contrast on a z-scored crop (the stage-1 recipe's kinds)."""
+    img = image
+    if rng.rand() < 0.3:
+        lo, hi = float(img.min()), float(img.max())
+        unit = (img - lo) / (hi - lo) if hi > lo else img * 0
+        img = _zscore(unit ** rng.uniform(0.7, 1.5))
+    if rng.rand() < 0.2:
+        img = -img
+    if rng.rand() < 0.2:
+        img = img + rng.normal(0.0, 0.1, img.shape).astype(np.float32)
+    return img.astype(np.float32)
+
+
+def draw_crop(obj: TrainObject, rng: np.random.RandomState | None, spatial_size: Sequence[int]) -> dict:
+    """The stage-1 crop of one object: random flips, simulated margin points and intensity
+    augmentation when ``rng`` is given, deterministic extreme margin points otherwise.
+
+    Returns ``{"image": z-scored crop, "cue": margin EGD, "label": bool crop}`` on the grid."""
+    image, label = obj.image, obj.label
+    if rng is not None:
+        for axis in range(image.ndim):
+            if rng.rand() < 0.5:
+                image, label = np.flip(image, axis), np.flip(label, axis)
+        margin = simulate_margin_points(label, rng, obj.spacing)
+    else:
+        margin = extreme_margin_points(label, obj.spacing)
+    box = relaxed_box(margin, label.shape, obj.spacing)
+    crop = _zscore(crop_and_resize(np.ascontiguousarray(image)[None], box, spatial_size, "bilinear")[0])
+    ref = crop_and_resize(np.ascontiguousarray(label)[None].astype(np.float32), box, spatial_size, "nearest")[0] > 0.5
+    cue = cue_map(crop, points_to_crop(margin, box, spatial_size), "egd")
+    if rng is not None:
+        crop = _augment_intensity(crop, rng)
+    return {"image": crop, "cue": cue, "label": ref}
+
+
+def jittered_click(mask: np.ndarray, reference: np.ndarray, clicked: np.ndarray, rng: np.random.RandomState | None,
+                   jitter: float) -> tuple[np.ndarray, bool] | None:
+    """The robot's corrective click; with probability ``jitter`` (training only) a random
+    voxel of the same error region at least 2 voxels inside it instead of its centre."""
+    click = corrective_click(mask, reference, None, clicked)
+    if click is None or rng is None or rng.rand() >= jitter:
+        return click
+    point, is_fg = click
+    error = (reference & ~mask) if is_fg else (mask & ~reference)
+    labels, _ = ndimage.label(error)
+    region = labels == labels[tuple(point)]
+    inner = np.argwhere(ndimage.distance_transform_edt(np.pad(region, 1))[(slice(1, -1),) * region.ndim] >= 2)
+    return (inner[rng.randint(len(inner))], is_fg) if len(inner) else click
+
+
+class ClickSession:
+    """The clicks of one training crop (network-grid indices) and its current mask."""
+
+    def __init__(self, crop: dict, mask: np.ndarray) -> None:
+        self.crop = crop
+        self.mask = mask
+        ndim = mask.ndim
+        self.fg = np.zeros((0, ndim), dtype=np.int64)
+        self.bg = np.zeros((0, ndim), dtype=np.int64)
+
+    def click(self, rng: np.random.RandomState | None, jitter: float) -> None:
+        clicked = np.concatenate([self.fg, self.bg])
+        click = jittered_click(self.mask, self.crop["label"], clicked, rng, jitter)
+        if click is None:
+            return
+        point, is_fg = click
+        if is_fg:
+            self.fg = np.concatenate([self.fg, point[None]])
+        else:
+            self.bg = np.concatenate([self.bg, point[None]])
+
+    def network_input(self) -> np.ndarray:
+        return refinement_input(self.crop["image"], self.crop["cue"], self.fg, self.bg, self.mask)
+
+
+def _masks(logits: torch.Tensor) -> list[np.ndarray]:
+    return list((logits.argmax(1) == 1).cpu().numpy())
+
+
+def _stage1_masks(stage1: torch.nn.Module, crops: list[dict]) -> list[np.ndarray]:
+    x = torch.as_tensor(np.stack([np.stack([c["image"], c["cue"]]) for c in crops]))
+    with torch.no_grad():
+        return _masks(stage1(x))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
+
+
+def validate(net: torch.nn.Module, stage1: torch.nn.Module, crops: list[dict]) -> dict[int, float]:
+    """Mean Dice after 0 and after each of ``VAL_CLICKS`` robot clicks on the network grid."""
+    net.eval()
+    sessions = [ClickSession(c, m) for c, m in zip(crops, _stage1_masks(stage1, crops))]
+    out = {0: float(np.mean([_dice(s.mask, s.crop["label"]) for s in sessions]))}
+    for k in range(1, max(VAL_CLICKS) + 1):
+        for s in sessions:
+            s.click(None, 0.0)
+        with torch.no_grad():
+            masks = _masks(net(torch.as_tensor(np.stack([s.network_input() for s in sessions]))))
+        for s, m in zip(sessions, masks):
+            s.mask = m
+        if k in VAL_CLICKS:
+            out[k] = float(np.mean([_dice(s.mask, s.crop["label"]) for s in sessions]))
+    net.train()
+    return out
+
+
+def train(
+    objects: list[TrainObject],
+    val_objects: list[TrainObject],
+    dim: int,
+    stage1_path: str,
+    out_path: str,
+    minutes: float,
+    batch_size: int,
+    lr: float,
+    max_rounds: int,
+    jitter: float,
+    val_every: int,
+    seed: int = 0,
+) -> dict:
+    """Train for ``minutes`` of wall time; returns the curves (also written beside ``out_path``)."""
+    rng = np.random.RandomState(seed)
+    torch.manual_seed(seed)
+    size = DEFAULT_SPATIAL_SIZE[dim]
+    state = torch.load(stage1_path, map_location="cpu", weights_only=True)["model"]
+    stage1 = midepseg_unet(dim)
+    stage1.load_state_dict(state)
+    stage1.eval()
+    net = refinement_from_stage1(state, dim)
+    net.train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    val_crops = [draw_crop(o, None, size) for o in val_objects]
+    curves = {"step": [], "loss": [], "val": []}
+    best = -1.0
+    start = time.perf_counter()
+    step, losses = 0, []
+    halved = False
+    while time.perf_counter() - start < minutes * 60:
+        if not halved and time.perf_counter() - start > 0.7 * minutes * 60:
+            for group in optimizer.param_groups:
+                group["lr"] = lr / 2
+            halved = True
+        crops = [draw_crop(objects[rng.randint(len(objects))], rng, size) for _ in range(batch_size)]
+        sessions = [ClickSession(c, m) for c, m in zip(crops, _stage1_masks(stage1, crops))]
+        rounds = rng.randint(max_rounds + 1)
+        for r in range(rounds + 1):
+            for s in sessions:
+                s.click(rng, jitter)
+            x = torch.as_tensor(np.stack([s.network_input() for s in sessions]))
+            if r < rounds:
+                with torch.no_grad():
+                    for s, m in zip(sessions, _masks(net(x))):
+                        s.mask = m
+                continue
+            y = torch.as_tensor(np.stack([s.crop["label"] for s in sessions])[:, None].astype(np.float32))
+            loss = loss_fn(net(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        step += 1
+        if step % val_every == 0:
+            val = validate(net, stage1, val_crops)
+            score = float(np.mean([val[k] for k in VAL_CLICKS]))
+            curves["step"].append(step)
+            curves["loss"].append(float(np.mean(losses)))
+            curves["val"].append(val)
+            logger.info("step %d (%.0f s) loss %.4f val Dice %s", step, time.perf_counter() - start, np.mean(losses),
+                        " ".join(f"{k}:{v:.4f}" for k, v in val.items()))
+            losses = []
+            if score > best:
+                best = score
+                save_atomic({"model": net.state_dict()}, out_path)
+            Path(out_path).with_suffix(".curves.json").write_text(json.dumps(curves, indent=1))
+    return curves
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dim", type=int, choices=(2, 3), required=True)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--labels", type=Path, required=True)
+    parser.add_argument("--stage1", type=Path, help="stage-1 weights (default: the shipped midepseg_<dim>d.pt)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=50.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--max-rounds", type=int, default=5)
+    parser.add_argument("--jitter", type=float, default=0.3)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--val-every", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    stage1 = args.stage1 or Path(__file__).resolve().parents[2] / "apps" / "midepseg" / "model" / f"midepseg_{args.dim}d.pt"
+    datalist = [{"image": str(p), "label": str(args.labels / p.name)} for p in sorted(args.images.iterdir())
+                if (args.labels / p.name).exists()]
+    train_list, val_list = group_partition(datalist, args.val_fraction, r"^(ana-[^_]+|\d+)")
+    objects = load_objects([(d["image"], d["label"]) for d in train_list], args.dim)
+    val_objects = load_objects([(d["image"], d["label"]) for d in val_list], args.dim)
+    logger.info("%d training and %d validation objects", len(objects), len(val_objects))
+    train(objects, val_objects, args.dim, str(stage1), str(args.out), args.minutes, args.batch_size, args.lr,
+          args.max_rounds, args.jitter, args.val_every)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

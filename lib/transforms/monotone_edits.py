@@ -1,0 +1,114 @@
+"""Monotone, stateless corrective edits: a background click never adds a voxel, a
+foreground click never removes one, and dropping the last click gives back exactly the
+previous mask, whatever refinement proposes the masks.
+
+MONAI Label clients send two ordered lists, ``foreground`` and ``background``, on every
+request, not the order in which the two kinds were interleaved. A click appends to one of
+them, so the states of a session are the grid points ``(i, j)``: the first ``i`` foreground
+and the first ``j`` background clicks. With ``R(i, j)`` any refinement's proposal for that
+state and ``M(0, 0)`` the stage-1 mask, define
+
+    ``M(i, j) = (R(i, j) | M(i-1, j)) & M(i, j-1)``   (terms with a negative index left out).
+
+By induction ``M(i-1, j) <= M(i-1, j-1) <= M(i, j-1)``, so ``M(i, j) >= M(i-1, j)`` (the
+foreground click ``i`` only adds) and ``M(i, j) <= M(i, j-1)`` (the background click ``j``
+only removes), whichever way the user reached ``(i, j)``; ``M`` is a function of the two
+lists alone, so the protocol stays stateless and undo is exact. A click's own voxel keeps its
+label when ``R`` forces it.
+
+``R(i, j)`` sees the previous mask ``M(i-1, j-1)`` (``M(i-1, 0)`` / ``M(0, j-1)`` on the
+edges): on a new click every missing proposal of the new row or column then depends only on
+states already known, and they can be computed in one batch. A new click costs one proposal
+per click of the other kind (plus one); a request with ``n`` clicks and nothing cached costs
+about ``(n/2 + 1)^2``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+State = tuple[int, int]
+
+
+def previous_state(state: State) -> State:
+    """The state whose mask the proposal ``R(i, j)`` refines."""
+    i, j = state
+    if i and j:
+        return i - 1, j - 1
+    return (i - 1, 0) if i else (0, j - 1)
+
+
+def monotone_masks(
+    n_foreground: int,
+    n_background: int,
+    base: np.ndarray,
+    propose: Callable[[Sequence[State], Sequence[np.ndarray]], Sequence[np.ndarray]],
+    known: Mapping[State, np.ndarray] | None = None,
+) -> dict[State, np.ndarray]:
+    """All masks ``M(i, j)``, ``i <= n_foreground``, ``j <= n_background`` (see the module doc).
+
+    Args:
+        n_foreground, n_background: clicks of each kind in the request.
+        base: ``M(0, 0)``, the stage-1 mask (binary).
+        propose: ``(states, previous masks) -> proposals``: the refinement's binary masks
+            ``R`` for those states, each given the mask it refines; called in batches.
+        known: masks of states computed before (a cache); they are trusted, not recomputed.
+
+    Returns:
+        ``{state: bool mask}`` for every state of the grid (``known`` included).
+    """
+    masks: dict[State, np.ndarray] = {(0, 0): np.asarray(base) > 0}
+    masks.update({s: np.asarray(m, dtype=bool) for s, m in (known or {}).items()
+                  if s[0] <= n_foreground and s[1] <= n_background})
+    todo = [(i, j) for i in range(n_foreground + 1) for j in range(n_background + 1) if (i, j) not in masks]
+    proposals: dict[State, np.ndarray] = {}
+    while todo:
+        ready = [s for s in todo if s not in proposals and previous_state(s) in masks]
+        if ready:
+            for s, r in zip(ready, propose(ready, [masks[previous_state(s)] for s in ready])):
+                proposals[s] = np.asarray(r) > 0
+        for s in sorted(proposals):
+            if s in masks:
+                continue
+            i, j = s
+            if (i and (i - 1, j) not in masks) or (j and (i, j - 1) not in masks):
+                continue
+            mask = proposals[s].copy()
+            if i:
+                mask |= masks[(i - 1, j)]
+            if j:
+                mask &= masks[(i, j - 1)]
+            masks[s] = mask
+        todo = [s for s in todo if s not in masks]
+    return masks
+
+
+def local_changes(proposal: np.ndarray, previous: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """``proposal`` reduced to the changes a click asked for: relative to ``previous``, keep
+    the added connected regions that contain or touch a foreground click and the removed
+    ones that contain or touch a background click; changes away from every click (a
+    graph cut re-deciding a distant weak edge) are dropped.
+
+    Args:
+        proposal, previous: binary spatial masks of the same shape.
+        foreground, background: ``(N, ndim)`` click voxel indices.
+
+    Returns:
+        bool mask.
+    """
+    new, old = np.asarray(proposal) > 0, np.asarray(previous) > 0
+    out = old.copy()
+    structure = ndimage.generate_binary_structure(new.ndim, new.ndim)
+    for change, points, value in ((new & ~old, foreground, True), (old & ~new, background, False)):
+        pts = np.asarray(points, dtype=np.int64).reshape(-1, new.ndim)
+        if not len(pts) or not change.any():
+            continue
+        labels, _ = ndimage.label(change, structure)
+        seeds = np.zeros(new.shape, dtype=bool)
+        seeds[tuple(pts.T)] = True
+        touched = np.unique(labels[ndimage.binary_dilation(seeds, structure)])
+        out[np.isin(labels, touched[touched > 0])] = value
+    return out

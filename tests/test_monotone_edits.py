@@ -1,0 +1,78 @@
+"""Monotone, stateless corrective edits (lib/transforms/monotone_edits.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lib.transforms.monotone_edits import local_changes, monotone_masks, previous_state
+
+
+def _random_proposer(seed: int, shape=(12, 12)):
+    """Proposals that ignore everything sensible: random masks, fixed per state."""
+
+    def propose(states, previous):
+        return [np.random.RandomState(hash((seed,) + s) % 2**31).rand(*shape) > 0.5 for s in states]
+
+    return propose
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_any_proposals_give_monotone_clicks_along_every_path(seed):
+    rng = np.random.RandomState(seed)
+    base = rng.rand(12, 12) > 0.5
+    n, m = 4, 3
+    masks = monotone_masks(n, m, base, _random_proposer(seed))
+    assert set(masks) == {(i, j) for i in range(n + 1) for j in range(m + 1)}
+    np.testing.assert_array_equal(masks[(0, 0)], base)
+    for (i, j), mask in masks.items():
+        if i:
+            assert np.all(mask >= masks[(i - 1, j)]), f"foreground click {i} removed voxels at {(i, j)}"
+        if j:
+            assert np.all(mask <= masks[(i, j - 1)]), f"background click {j} added voxels at {(i, j)}"
+
+
+def test_cached_states_give_the_same_masks_as_a_cold_request():
+    base = np.random.RandomState(9).rand(12, 12) > 0.5
+    propose = _random_proposer(3)
+    cold = monotone_masks(3, 3, base, propose)
+    calls = []
+
+    def counting(states, previous):
+        calls.extend(states)
+        return propose(states, previous)
+
+    partial = {s: m for s, m in cold.items() if s[0] < 3}  # a new 3rd foreground click
+    warm = monotone_masks(3, 3, base, counting, partial)
+    assert sorted(calls) == [(3, j) for j in range(4)], "a new click costs one row of proposals"
+    for state in cold:
+        np.testing.assert_array_equal(warm[state], cold[state])
+
+
+def test_proposals_refine_the_state_before_both_last_clicks():
+    assert previous_state((2, 3)) == (1, 2)
+    assert previous_state((2, 0)) == (1, 0)
+    assert previous_state((0, 3)) == (0, 2)
+    seen = {}
+
+    def propose(states, previous):
+        seen.update({s: p.copy() for s, p in zip(states, previous)})
+        return [p for p in previous]
+
+    base = np.zeros((4, 4), bool)
+    base[1:3, 1:3] = True
+    monotone_masks(2, 2, base, propose)
+    np.testing.assert_array_equal(seen[(1, 1)], base)
+
+
+def test_local_changes_keep_only_what_touches_a_click():
+    previous = np.zeros((10, 10), bool)
+    previous[2:8, 2:8] = True
+    proposal = previous.copy()
+    proposal[0:2, 0:10] = True  # added strip along the top, touched by the fg click
+    proposal[9, 9] = True  # added far away
+    proposal[4:6, 4:6] = False  # removed hole, touched by the bg click
+    proposal[7, 7] = False  # removed elsewhere
+    out = local_changes(proposal, previous, np.array([[0, 5]]), np.array([[4, 4]]))
+    assert out[0:2].all() and not out[9, 9], "only the added region at the click is kept"
+    assert not out[4:6, 4:6].any() and out[7, 7], "only the removed region at the click is kept"
