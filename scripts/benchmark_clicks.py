@@ -18,7 +18,8 @@ Data:
   largest axial slice.
 
 Outputs under ``--out``: ``results.json`` (everything, incl. clicks), ``results.csv`` (one row
-per interaction), ``summary.md`` (per data set and method), ``dice_vs_clicks.png``, and
+per interaction), ``summary.md`` (per data set and method), ``dice_vs_clicks.png``,
+``metrics.png`` (NoC@90, DSC AUC, NSD, gain per click), and
 ``overlays/*.png`` (image, clicks, result and reference after 0, 1 and 5 clicks) for the
 first ``--overlays`` cases of each data set.
 
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.benchmark.methods import METHOD_KEYS, Method, build_methods  # noqa: E402
+from lib.benchmark.metrics import WORSE_BY, dsc_auc  # noqa: E402
 from lib.benchmark.protocol import DEFAULT_MAX_CLICKS, NOC_THRESHOLDS, ProtocolResult, run_protocol  # noqa: E402
 
 logger = logging.getLogger("benchmark_clicks")
@@ -183,6 +185,8 @@ def make_record(case: dict, method: Method, result: ProtocolResult, shape, spaci
         "max_clicks": result.max_clicks,
         "stopped_early": result.stopped_early,
         **{f"noc{int(round(t * 100))}": result.noc(t) for t in NOC_THRESHOLDS},
+        "dsc_auc": round(dsc_auc(result.dice), 4),
+        "nsd_final": _finite(result.nsd_final),
     }
 
 
@@ -216,26 +220,34 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
     for r in records:
         by_dataset[r["dataset"]][r["method_name"]].append(r)
     lines = ["# Robot-user click benchmark", ""]
-    lines.append("Dice after the interior margin points (MP), after 1, 5 and all corrective clicks; ASSD after all "
-                 "clicks; NoC@85/90 = corrective clicks until Dice >= 0.85/0.90 (budget when never); latency = mean wall "
-                 "time of the margin-point interaction (stage 1) and of a corrective click.")
+    lines.append("Dice after the interior margin points (MP), after 1, 5, 10 and all corrective clicks; ASSD and NSD "
+                 "(normalised surface Dice, 2 mm) after all clicks; NoC@85/90 = corrective clicks until Dice >= 0.85/0.90 "
+                 "(budget when never); DSC AUC = area under Dice over the margin points and 5 clicks (0-5, CVPR 2025 "
+                 "interactive 3D challenge); gain/click = mean Dice change per click; worse = share of clicks that "
+                 f"lower Dice by more than {WORSE_BY}; latency = mean wall time of the margin-point interaction "
+                 "(stage 1) and of a corrective click.")
     lines.append("")
     for dataset, methods in by_dataset.items():
         cap = max(r["max_clicks"] for rs in methods.values() for r in rs)
         lines.append(f"## {dataset}")
         lines.append("")
-        lines.append(f"| method | n | Dice MP | Dice 1 | Dice 5 | Dice {cap} (all) | ASSD {cap} | NoC@85 | NoC@90 | latency MP (s) | latency/click (s) |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append(f"| method | n | Dice MP | Dice 1 | Dice 5 | Dice 10 | Dice {cap} (all) | ASSD {cap} | NSD {cap} | NoC@85 | "
+                     "NoC@90 | DSC AUC | gain/click | worse | latency MP (s) | latency/click (s) |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, rs in methods.items():
             def d(k: int) -> float:
                 return _mean([_after(r["dice"], k) for r in rs]) if k <= cap else float("nan")
 
             final = [_after(r["dice"], r["max_clicks"]) for r in rs]
+            steps = np.concatenate([np.diff(r["dice"]) for r in rs])
             cells = [
-                name, str(len(rs)), *(f"{d(k):.3f}" if k <= cap else "–" for k in (0, 1, 5)),
+                name, str(len(rs)), *(f"{d(k):.3f}" if k <= cap else "–" for k in (0, 1, 5, 10)),
                 f"{np.mean(final):.3f} ± {np.std(final):.3f}",
                 f"{_mean([_after(r['assd'], r['max_clicks']) for r in rs]):.2f}",
+                f"{_mean([r['nsd_final'] for r in rs]):.3f}",
                 f"{np.mean([r['noc85'] for r in rs]):.1f}", f"{np.mean([r['noc90'] for r in rs]):.1f}",
+                f"{np.mean([r['dsc_auc'] for r in rs]):.2f}",
+                f"{steps.mean() if len(steps) else 0:.4f}", f"{100 * np.mean(steps < -WORSE_BY) if len(steps) else 0:.1f} %",
                 f"{np.mean([r['latency_s'][0] for r in rs]):.2f}",
                 f"{_mean([t for r in rs for t in r['latency_s'][1:]]):.2f}",
             ]
@@ -278,6 +290,38 @@ def plot_dice_curves(records: list[dict], path: Path) -> None:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_metrics(records: list[dict], path: Path) -> None:
+    """Per data set (rows) and measure (columns: NoC@90, DSC AUC, final NSD, gain per
+    click): one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(OrderedDict.fromkeys(r["dataset"] for r in records))
+    if not datasets:
+        return
+    measures = [("NoC@90", lambda rs: np.mean([r["noc90"] for r in rs])),
+                ("DSC AUC (0-5)", lambda rs: np.mean([r["dsc_auc"] for r in rs])),
+                ("final NSD 2 mm", lambda rs: _mean([r["nsd_final"] for r in rs])),
+                ("Dice gain/click", lambda rs: np.mean(np.concatenate([np.diff(r["dice"]) for r in rs])))]
+    fig, axes = plt.subplots(len(datasets), len(measures), figsize=(4.2 * len(measures), 2.6 * len(datasets)), squeeze=False)
+    for row, dataset in enumerate(datasets):
+        rs = [r for r in records if r["dataset"] == dataset]
+        names = list(OrderedDict.fromkeys(r["method_name"] for r in rs))
+        for col, (title, value) in enumerate(measures):
+            ax = axes[row, col]
+            ax.barh(range(len(names)), [value([r for r in rs if r["method_name"] == n]) for n in names], color="tab:blue")
+            ax.set_yticks(range(len(names)))
+            ax.set_yticklabels(names if col == 0 else [""] * len(names), fontsize=7)
+            ax.invert_yaxis()
+            ax.set_title(f"{dataset}: {title}" if col == 0 else title, fontsize=8)
+            ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -452,6 +496,7 @@ def main(argv=None) -> int:
     summary = summary_markdown(records, unavailable)
     (args.out / "summary.md").write_text(summary)
     plot_dice_curves(records, args.out / "dice_vs_clicks.png")
+    plot_metrics(records, args.out / "metrics.png")
     print(summary)
     print(f"written to {args.out}")
     return 0

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for text in args.setting:
         conf, options = parse_setting(text)
-        stats = score(MIDeepSegMethod(args.dim, conf.pop("refinement", "regions"), conf=conf, options=options), cases)
+        stats = score(MIDeepSegMethod(args.dim, conf.pop("refinement", None), conf=conf, options=options), cases)
         print(f"| {text} | " + " | ".join(
             f"{stats[k]:.3f}" for k in ("dice0", "dice1", "dice3", "dice5", "dice10")) +
             f" | {stats['noc85']:.2f} | {stats['noc90']:.2f} | {stats['gain_per_click']:.4f} | "

@@ -44,10 +44,13 @@ class MIDeepSegApp(MONAILabelApp):
         self.model_dir = conf.get("model_dir", shipped)
         if os.path.realpath(self.model_dir) != os.path.realpath(shipped):
             os.makedirs(self.model_dir, exist_ok=True)
-            for name in MODELS:
+            for name in (f"{model}{suffix}" for model in MODELS for suffix in ("", "_refine")):
                 src, dst = os.path.join(shipped, f"{name}.pt"), os.path.join(self.model_dir, f"{name}.pt")
                 if os.path.exists(src) and not os.path.exists(dst):
-                    shutil.copy2(src, dst)
+                    # temp file + rename: a start killed mid-copy never leaves a truncated model
+                    tmp = f"{dst}.{os.getpid()}.tmp"
+                    shutil.copy2(src, tmp)
+                    os.replace(tmp, dst)
         self.models: dict[str, MIDeepSegConfig] = {}
         for name, config_class in MODELS.items():
             config = config_class()

@@ -229,6 +229,14 @@ class MIDeepSegMethod(Method):
         self._image = None
 
     def segment(self, image, spacing, margin_points, foreground, background) -> np.ndarray:
+        pred = np.asarray(self.request_data(image, spacing, margin_points, foreground, background)["pred"]).astype(np.uint8)
+        if pred.shape != np.shape(image):
+            raise RuntimeError(f"{self.name}: result {pred.shape} does not match the image {np.shape(image)}")
+        return pred
+
+    def request_data(self, image, spacing, margin_points, foreground, background) -> dict:
+        """The infer task's whole data dictionary for one request (``pred``: the mask;
+        the work grid and the fusion's inputs for diagnostics)."""
         if image is not self._image or self._path is None:
             self.begin_case(image, spacing)
         ndim = np.ndim(image)
@@ -246,10 +254,7 @@ class MIDeepSegMethod(Method):
             **self.options,
         }
         _, data = self.task(request)
-        pred = np.asarray(data["pred"]).astype(np.uint8)
-        if pred.shape != np.shape(image):
-            raise RuntimeError(f"{self.name}: result {pred.shape} does not match the image {np.shape(image)}")
-        return pred
+        return data
 
     def close(self) -> None:
         self.end_case()

@@ -28,6 +28,7 @@ from lib.transforms.margin_points import extreme_margin_points
 from lib.transforms.robot_user import corrective_click
 
 from .methods import Method
+from .metrics import normalised_surface_dice
 
 DEFAULT_MAX_CLICKS = {2: 20, 3: 10}
 NOC_THRESHOLDS = (0.85, 0.90)
@@ -109,6 +110,8 @@ class ProtocolResult:
         masks: result masks kept for the interactions listed in ``keep_masks``.
         stopped_early: no error voxel was left to click before the budget was spent.
         max_clicks: the click budget.
+        nsd_final: normalised surface Dice (2 mm) of the last result
+            (:func:`lib.benchmark.metrics.normalised_surface_dice`).
     """
 
     margin_points: np.ndarray
@@ -119,6 +122,7 @@ class ProtocolResult:
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     stopped_early: bool = False
     max_clicks: int = 0
+    nsd_final: float = float("nan")
 
     def dice_after(self, k: int) -> float:
         """Dice after ``k`` clicks; a run that stopped early keeps its last value."""
@@ -191,6 +195,8 @@ def run_protocol(
                 bg = np.concatenate([bg, point[None]])
     finally:
         method.end_case()
+    if last_mask is not None:
+        result.nsd_final = normalised_surface_dice(last_mask, ref, sp)
     # Masks asked for after an early stop are the last result.
     done = len(result.dice) - 1
     for k in keep:
