@@ -52,7 +52,7 @@ from lib.transforms.robot_user import corrective_click  # noqa: E402
 
 log = logging.getLogger("benchmark_server")
 
-STAGES = ("load", "egd", "network", "fusion", "graph_cut", "restore", "write")
+STAGES = ("load", "egd", "network", "fusion", "graph_cut", "refinement", "restore", "write")
 BRATS_CASE = "brats_2013_pat0003_1"
 TUMOUR_CORE = (1, 3, 4)
 

@@ -185,7 +185,7 @@ class MIDeepSegInfer(BasicInferTask):
         server start, not on the annotator's first click."""
         start = time.perf_counter()
         network = self._get_network(device, None)
-        dtype = inference_dtype(self.precision, device)
+        dtype = inference_dtype(self.precision, device, self.dimension)
         predict_probability(network, torch.zeros((1, 2, *self.spatial_size), device=device), dtype)
         logger.info("%dD network ready on %s (%s) in %.1f s", self.dimension, device, dtype, time.perf_counter() - start)
 
@@ -249,7 +249,7 @@ class MIDeepSegInfer(BasicInferTask):
             start = time.perf_counter()
             network = self._get_network(device, data)
             net_input = torch.as_tensor(np.asarray(net_input), dtype=torch.float32)[None].to(device)
-            prob = predict_probability(network, net_input, inference_dtype(self.precision, device))[0].cpu().numpy()
+            prob = predict_probability(network, net_input, inference_dtype(self.precision, device, self.dimension))[0].cpu().numpy()
             work_prob = resample(prob[1:], data["work_image"].shape[1:], "bilinear")  # foreground only
             cached = (work_prob, net_input[0].cpu().numpy())
             self._stage1_cache.put(key, cached)
@@ -557,7 +557,7 @@ class _LearnedProposal:
             inputs.append(refinement_input(image, cue, grid_fg, grid_bg, prev_grid))
         device = str(data.get("device", "cpu"))
         x = torch.as_tensor(np.stack(inputs)).to(device)
-        prob = predict_probability(self.network(device), x, inference_dtype(self.task.precision, device))[:, 1].cpu().numpy()
+        prob = predict_probability(self.network(device), x, inference_dtype(self.task.precision, device, self.task.dimension))[:, 1].cpu().numpy()
         work = resample(prob, work_size, "bilinear")
         out = []
         for (fg, bg), p in zip(clicks, work):
