@@ -90,3 +90,29 @@ def test_three_clicks_beat_a_do_nothing_refinement(session):
     gained = result.dice[3]
     print(f"{dim}D ventricle: stage 1 {result.dice[0]:.3f}, forced clicks {nothing:.3f}, refined {gained:.3f}")
     assert gained > nothing + MIN_GAIN[dim], (gained, nothing)
+
+
+def test_refinement_presets_and_options_are_checked():
+    from configs.midepseg import MIDeepSeg2DConfig
+
+    config = MIDeepSeg2DConfig()
+    config.init("midepseg_2d", str(APP / "model"), {"refinement": "learned", "monotone": "false"}, None)
+    task = config.infer()
+    assert task.refinement == "learned" and task.options.monotone is False and task.options.proposal == "learned"
+    for bad, message in (({"refinement": "magic"}, "refinement must be one of"), ({"proposal": "magic"}, "proposal must be one of")):
+        config = MIDeepSeg2DConfig()
+        config.init("midepseg_2d", str(APP / "model"), bad, None)
+        with pytest.raises(ValueError, match=message):
+            config.infer()
+
+
+def test_learned_proposal_without_the_monotone_grid_answers_one_pass_per_click():
+    image, ref, spacing = _case("brain_t1.nii.gz", 2)
+    method = MIDeepSegMethod(2, "learned", conf={"monotone": "false"})
+    try:
+        result = run_protocol(method, image, ref, spacing, 3, keep_masks=range(4))
+    finally:
+        method.close()
+    for k, click in enumerate(result.clicks, start=1):
+        assert result.masks[k][tuple(click["point"])] == click["foreground"]
+    assert result.dice[3] > result.dice[0]

@@ -18,8 +18,8 @@ Refinements (``refinement``, :data:`REFINEMENTS`; each a preset of the options b
 * ``gc``: graph cut of the CNN probability with the clicks as hard constraints (the
   paper's "GC" baseline);
 * ``ifgc_repaired``: IF-GC with the measured repairs (margin points out of the fusion, the
-  geodesic on a smoothed image, a click's reach scaled by its depth in the error region), proposals combined by
-  :mod:`lib.transforms.monotone_edits` (a background click never adds, a foreground click
+  geodesic on a smoothed image, a click's reach scaled by its depth in the error region),
+  proposals combined by :mod:`lib.transforms.monotone_edits` (a background click never adds, a foreground click
   never removes, undo is exact);
 * ``learned``: the refinement U-Net (``<model>_refine.pt``, 5 input channels:
   :mod:`lib.transforms.refinement_input`) re-run on the stage-1 crop, combined the same way
@@ -66,6 +66,8 @@ logger = logging.getLogger(__name__)
 # and 0.07-0.23 s at 48^3, with the same Dice after 5 robot clicks (0.857 vs 0.862).
 WORK_VOXELS = {2: 160 * 160, 3: 48 * 48 * 48}
 WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_work", "background_key": "bg_clicks_work"}
+PROPOSALS = ("ifgc", "gc", "learned")
+
 
 @dataclass(frozen=True)
 class RefinementOptions:
@@ -75,7 +77,7 @@ class RefinementOptions:
         proposal: ``"ifgc"`` (fusion + graph cut), ``"gc"`` (graph cut of the CNN
             probability) or ``"learned"`` (the refinement U-Net).
         monotone: combine the proposals by :func:`monotone_masks` (otherwise the proposal
-            for all clicks is the answer, as in the paper).
+            for all clicks, refining the stage-1 mask, is the answer, as in the paper).
         fusion_margin: the margin points count as foreground clicks in the fusion (paper).
         border_background: the box faces inside the image count as a background click in
             the fusion.
@@ -172,6 +174,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement must be one of {tuple(REFINEMENTS)}, got {refinement!r}")
         self.refinement = refinement
         self.options = replace(REFINEMENTS[refinement], **(refinement_options or {}))
+        if self.options.proposal not in PROPOSALS:
+            raise ValueError(f"refinement proposal must be one of {PROPOSALS}, got {self.options.proposal!r}")
         self._loader = CachedLoadImaged(keys="image")
         self._work_crop = _CachedWorkCrop(self.work_voxels)
         self._distances = _CachedClickDistances(self.options.spatial_weight, self.options.smoothing)
@@ -261,7 +265,7 @@ class MIDeepSegInfer(BasicInferTask):
         return data
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        if self.options.monotone:
+        if self.options.monotone or self.options.proposal == "learned":
             refine = [self._refine]
         else:
             graph_cut = GraphCutd(keys="pred", image_key="work_image", spacing_key="work_spacing", **WORK_KEYS)
@@ -431,11 +435,12 @@ class _CachedClickDistances:
 
 
 class _Refinement:
-    """The monotone refinement on the work grid: ``pred`` (foreground probability of stage 1
-    or of the uploaded mask) becomes ``M(i, j)`` of :func:`monotone_masks`, with ``M(0, 0)``
-    the graph cut of ``pred`` with the margin points as hard foreground and ``R`` the
-    proposal of :attr:`RefinementOptions.proposal` for each state. Masks are cached per
-    state (the click lists' prefixes), so a new click costs one row or column of the grid."""
+    """The refinement on the work grid: ``pred`` (foreground probability of stage 1 or of the
+    uploaded mask) becomes ``M(i, j)`` of :func:`monotone_masks`, with ``M(0, 0)`` the graph
+    cut of ``pred`` with the margin points as hard foreground and ``R`` the proposal of
+    :attr:`RefinementOptions.proposal` for each state (without ``monotone``: the proposal
+    for all clicks). Masks are cached per state (the click lists' prefixes), so a new click
+    costs one row or column of the grid."""
 
     def __init__(self, options: RefinementOptions, distances: _CachedClickDistances, learned: "_LearnedProposal | None") -> None:
         self.options = options
@@ -498,6 +503,9 @@ class _Refinement:
                 known[state] = cached
         if (0, 0) not in known:
             known[(0, 0)] = self._cut(data, np.asarray(data["pred"])[-1], data["fg_clicks_work"][:0], data["bg_clicks_work"][:0])
+        if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
+            data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
+            return data
         masks = monotone_masks(n, m, known[(0, 0)], lambda states, prev: self.propose(data, states, prev), known)
         for state, mask in masks.items():
             if state not in known:
