@@ -227,8 +227,10 @@ def train(
     jitter: float,
     val_every: int,
     seed: int = 0,
+    resume: str | None = None,
 ) -> dict:
-    """Train for ``minutes`` of wall time; returns the curves (also written beside ``out_path``)."""
+    """Train for ``minutes`` of wall time; returns the curves (also written beside ``out_path``).
+    ``resume``: start from these refinement weights instead of the stage-1 ones."""
     rng = np.random.RandomState(seed)
     torch.manual_seed(seed)
     size = DEFAULT_SPATIAL_SIZE[dim]
@@ -237,6 +239,8 @@ def train(
     stage1.load_state_dict(state)
     stage1.eval()
     net = refinement_from_stage1(state, dim)
+    if resume:
+        net.load_state_dict(torch.load(resume, map_location="cpu", weights_only=True)["model"])
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -301,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resume", type=Path, help="continue from these refinement weights")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -312,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     val_objects = load_objects([(d["image"], d["label"]) for d in val_list], args.dim)
     logger.info("%d training and %d validation objects", len(objects), len(val_objects))
     train(objects, val_objects, args.dim, str(stage1), str(args.out), args.minutes, args.batch_size, args.lr,
-          args.max_rounds, args.jitter, args.val_every)
+          args.max_rounds, args.jitter, args.val_every, args.seed, str(args.resume) if args.resume else None)
     return 0
 
 

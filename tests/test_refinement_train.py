@@ -1,0 +1,36 @@
+"""The learned refinement's click training runs, publishes loadable weights, and starts
+from the stage-1 network's answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lib.networks import REFINEMENT_IN_CHANNELS, midepseg_unet, refinement_from_stage1
+from lib.trainers.refinement_train import TrainObject, train
+from tests.conftest import ellipsoid_mask, noisy_image
+
+
+def test_refinement_starts_as_stage1_and_training_publishes_weights(tmp_path):
+    torch.manual_seed(0)
+    stage1 = midepseg_unet(2).eval()
+    refine = refinement_from_stage1(stage1.state_dict(), 2).eval()
+    x = torch.randn(2, REFINEMENT_IN_CHANNELS, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(refine(x), stage1(x[:, :2]))  # click channels start at zero weight
+
+    stage1_path = tmp_path / "stage1.pt"
+    torch.save({"model": stage1.state_dict()}, stage1_path)
+    objects = []
+    for k in range(4):
+        mask = ellipsoid_mask((70, 70), (35 + k, 33), 14 + 2 * k)
+        objects.append(TrainObject(f"disk{k}", noisy_image(mask, seed=k)[0], mask, np.ones(2)))
+    out = tmp_path / "refine.pt"
+    curves = train(objects[:3], objects[3:], 2, str(stage1_path), str(out), minutes=0.15, batch_size=2, lr=1e-3,
+                   max_rounds=1, jitter=0.3, val_every=2)
+    assert out.is_file() and curves["step"], "a validated checkpoint must be published"
+    net = midepseg_unet(2, REFINEMENT_IN_CHANNELS)
+    net.load_state_dict(torch.load(out, map_location="cpu", weights_only=True)["model"])
+    first = next(p for name, p in net.state_dict().items() if name.endswith("conv.weight"))
+    assert first.shape[1] == REFINEMENT_IN_CHANNELS and float(first[:, 2:].abs().sum()) > 0, "the click channels learned nothing"
+    assert set(curves["val"][0]) == {0, 1, 3, 5}
