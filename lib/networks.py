@@ -49,20 +49,19 @@ def native_bfloat16() -> bool:
         return False
 
 
-def inference_dtype(precision: str, device: str | torch.device, spatial_dims: int = 3) -> torch.dtype:
+def inference_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     """The compute dtype of an inference forward pass.
 
     ``precision``: ``"float32"``; ``"bfloat16"`` (CPU autocast); or ``"auto"``, which is
-    bfloat16 for the 3D U-Net on a CPU that has it natively and float32 otherwise (on this
-    project's 2-core AVX512-BF16 CPU the 3D U-Net on 96x96x64 took 0.26 s in bfloat16
-    against 0.5-0.8 s in float32, logits within 0.05, ``scripts/benchmark_core.py``; the 2D
-    U-Net on 64x64 took 0.6-0.7 s per image in bfloat16 against 0.05 s in float32).
+    bfloat16 on a CPU that has it natively and float32 otherwise (on this project's 2-core
+    AVX512-BF16 CPU the 3D U-Net on 96x96x64 took 0.26 s in bfloat16 against 0.5-0.8 s in
+    float32, logits within 0.05; ``scripts/benchmark_core.py``).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if torch.device(device).type != "cpu" or precision == "float32":
         return torch.float32
-    if precision == "bfloat16" or (spatial_dims == 3 and native_bfloat16()):
+    if precision == "bfloat16" or native_bfloat16():
         return torch.bfloat16
     return torch.float32
 

@@ -67,6 +67,7 @@ logger = logging.getLogger(__name__)
 WORK_VOXELS = {2: 160 * 160, 3: 48 * 48 * 48}
 WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_work", "background_key": "bg_clicks_work"}
 PROPOSALS = ("ifgc", "gc", "learned")
+LEARNED_WARM_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -186,11 +187,18 @@ class MIDeepSegInfer(BasicInferTask):
     def warm_up(self, device: str) -> None:
         """Load the weights and run the network once on a blank input, so that the one-off
         set-up of the first forward pass (about 1 s for the 3D U-Net on a CPU) happens at
-        server start, not on the annotator's first click."""
+        server start, not on the annotator's first click; the learned refinement's network
+        likewise, for every batch size up to ``LEARNED_WARM_BATCHES`` (the CPU back end sets
+        each new input shape up once)."""
         start = time.perf_counter()
         network = self._get_network(device, None)
-        dtype = inference_dtype(self.precision, device, self.dimension)
+        dtype = inference_dtype(self.precision, device)
         predict_probability(network, torch.zeros((1, 2, *self.spatial_size), device=device), dtype)
+        if self._learned is not None:
+            refine = self._learned.network(device)
+            for batch in range(1, LEARNED_WARM_BATCHES + 1):
+                shape = (batch, REFINEMENT_IN_CHANNELS, *self.spatial_size)
+                predict_probability(refine, torch.zeros(shape, device=device), dtype)
         logger.info("%dD network ready on %s (%s) in %.1f s", self.dimension, device, dtype, time.perf_counter() - start)
 
     def __call__(self, request, callbacks=None):
@@ -253,7 +261,7 @@ class MIDeepSegInfer(BasicInferTask):
             start = time.perf_counter()
             network = self._get_network(device, data)
             net_input = torch.as_tensor(np.asarray(net_input), dtype=torch.float32)[None].to(device)
-            prob = predict_probability(network, net_input, inference_dtype(self.precision, device, self.dimension))[0].cpu().numpy()
+            prob = predict_probability(network, net_input, inference_dtype(self.precision, device))[0].cpu().numpy()
             work_prob = resample(prob[1:], data["work_image"].shape[1:], "bilinear")  # foreground only
             cached = (work_prob, net_input[0].cpu().numpy())
             self._stage1_cache.put(key, cached)
@@ -565,7 +573,7 @@ class _LearnedProposal:
             inputs.append(refinement_input(image, cue, grid_fg, grid_bg, prev_grid))
         device = str(data.get("device", "cpu"))
         x = torch.as_tensor(np.stack(inputs)).to(device)
-        prob = predict_probability(self.network(device), x, inference_dtype(self.task.precision, device, self.task.dimension))[:, 1].cpu().numpy()
+        prob = predict_probability(self.network(device), x, inference_dtype(self.task.precision, device))[:, 1].cpu().numpy()
         work = resample(prob, work_size, "bilinear")
         out = []
         for (fg, bg), p in zip(clicks, work):
