@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.benchmark.methods import METHOD_KEYS, Method, build_methods  # noqa: E402
-from lib.benchmark.metrics import WORSE_BY, dsc_auc  # noqa: E402
+from lib.benchmark.metrics import WORSE_BY, dsc_auc, step_statistics  # noqa: E402
 from lib.benchmark.protocol import DEFAULT_MAX_CLICKS, NOC_THRESHOLDS, ProtocolResult, run_protocol  # noqa: E402
 
 logger = logging.getLogger("benchmark_clicks")
@@ -239,7 +239,7 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
                 return _mean([_after(r["dice"], k) for r in rs]) if k <= cap else float("nan")
 
             final = [_after(r["dice"], r["max_clicks"]) for r in rs]
-            steps = np.concatenate([np.diff(r["dice"]) for r in rs])
+            gain, worse = step_statistics([r["dice"] for r in rs])
             cells = [
                 name, str(len(rs)), *(f"{d(k):.3f}" if k <= cap else "–" for k in (0, 1, 5, 10)),
                 f"{np.mean(final):.3f} ± {np.std(final):.3f}",
@@ -247,7 +247,7 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
                 f"{_mean([r['nsd_final'] for r in rs]):.3f}",
                 f"{np.mean([r['noc85'] for r in rs]):.1f}", f"{np.mean([r['noc90'] for r in rs]):.1f}",
                 f"{np.mean([r['dsc_auc'] for r in rs]):.2f}",
-                f"{steps.mean() if len(steps) else 0:.4f}", f"{100 * np.mean(steps < -WORSE_BY) if len(steps) else 0:.1f} %",
+                f"{gain:.4f}", f"{100 * worse:.1f} %",
                 f"{np.mean([r['latency_s'][0] for r in rs]):.2f}",
                 f"{_mean([t for r in rs for t in r['latency_s'][1:]]):.2f}",
             ]
@@ -307,7 +307,7 @@ def plot_metrics(records: list[dict], path: Path) -> None:
     measures = [("NoC@90", lambda rs: np.mean([r["noc90"] for r in rs])),
                 ("DSC AUC (0-5)", lambda rs: np.mean([r["dsc_auc"] for r in rs])),
                 ("final NSD 2 mm", lambda rs: _mean([r["nsd_final"] for r in rs])),
-                ("Dice gain/click", lambda rs: np.mean(np.concatenate([np.diff(r["dice"]) for r in rs])))]
+                ("Dice gain/click", lambda rs: step_statistics([r["dice"] for r in rs])[0])]
     fig, axes = plt.subplots(len(datasets), len(measures), figsize=(4.2 * len(measures), 2.6 * len(datasets)), squeeze=False)
     for row, dataset in enumerate(datasets):
         rs = [r for r in records if r["dataset"] == dataset]

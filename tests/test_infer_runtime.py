@@ -88,21 +88,22 @@ def test_bfloat16_probabilities_agree_with_float32(dim, shape):
 
 
 def test_cached_click_distances_equal_the_fusion_definition():
-    """The server's per-click cache gives exactly click_distances (the definition the fusion
-    tests check), also when a click is added to cached ones."""
-    from lib.infers.midepseg_infer import _CachedClickDistances
+    """With the paper's options the refinement's distance maps, built from the per-click
+    cache, are exactly click_distances (the definition the fusion tests check), also when a
+    click is added to cached ones."""
+    from lib.infers.midepseg_infer import REFINEMENTS, _CachedClickDistances, _Refinement
     from lib.transforms.fusion import click_distances
 
     rng = np.random.RandomState(1)
     image = rng.rand(1, 40, 30, 20).astype(np.float32)
     margin = np.array([[5, 15, 10], [35, 15, 10], [20, 2, 10], [20, 28, 10], [20, 15, 1], [20, 15, 18]])
-    cache = _CachedClickDistances()
+    refinement = _Refinement(REFINEMENTS["ifgc"], _CachedClickDistances(), None)
     fg, bg = np.zeros((0, 3), np.int64), np.array([[3, 3, 3]])
     for new_fg in ([20, 15, 10], [12, 9, 8]):
         fg = np.r_[fg, [new_fg]]
         data = {"work_image": image, "work_spacing": (1.0, 1.0, 2.0), "work_cache_key": "case",
                 "margin_points_work": margin, "fg_clicks_work": fg, "bg_clicks_work": bg}
-        out = cache(data)
+        got_fg, got_bg = refinement._distance_maps(data, fg, bg, None)
         d_fg, d_bg = click_distances(image[0], fg, bg, (1.0, 1.0, 2.0), margin)
-        np.testing.assert_array_equal(out["distance_fg"], d_fg)
-        np.testing.assert_array_equal(out["distance_bg"], d_bg)
+        np.testing.assert_array_equal(got_fg, d_fg)
+        np.testing.assert_array_equal(got_bg, d_bg)

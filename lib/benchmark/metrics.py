@@ -57,17 +57,25 @@ def normalised_surface_dice(mask: np.ndarray, reference: np.ndarray, spacing: Se
     return float(value.reshape(-1)[0])
 
 
+def step_statistics(dice_curves: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """``(mean Dice change per click, share of clicks that lower Dice by more than
+    WORSE_BY)`` over runs, each a Dice curve (index 0: the margin points); ``(0, 0)`` when no
+    click was made."""
+    steps = np.concatenate([np.diff(np.asarray(d, dtype=np.float64)) for d in dice_curves] or [np.zeros(0)])
+    if not len(steps):
+        return 0.0, 0.0
+    return float(steps.mean()), float(np.mean(steps < -WORSE_BY))
+
+
 def click_statistics(results, clicks: int) -> dict:
     """Means over runs: Dice after 0/1/3/5/10 clicks (those within ``clicks``), NoC@85/90,
     DSC AUC, the mean Dice gain per click, the share of clicks that lower Dice by more than
     0.01, and the mean wall time of a click (s)."""
     curves = np.stack([padded_dice(r.dice, clicks) for r in results])
-    steps = np.concatenate([np.diff(np.asarray(r.dice)) for r in results])
     out = {f"dice{k}": float(curves[:, k].mean()) for k in (0, 1, 3, 5, 10) if k <= clicks}
     out["noc85"] = float(np.mean([r.noc(0.85) for r in results]))
     out["noc90"] = float(np.mean([r.noc(0.90) for r in results]))
     out["dsc_auc"] = float(np.mean([dsc_auc(r.dice) for r in results]))
-    out["gain_per_click"] = float(steps.mean()) if len(steps) else 0.0
-    out["worse_fraction"] = float(np.mean(steps < -WORSE_BY)) if len(steps) else 0.0
+    out["gain_per_click"], out["worse_fraction"] = step_statistics([r.dice for r in results])
     out["click_seconds"] = float(np.mean([t for r in results for t in r.latency[1:]] or [0.0]))
     return out

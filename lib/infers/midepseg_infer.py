@@ -50,9 +50,9 @@ from lib.infers.image_cache import CachedLoadImaged, LRUCache
 from lib.networks import REFINEMENT_IN_CHANNELS, inference_dtype, midepseg_unet, predict_probability, refinement_from_stage1
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
 from lib.transforms.crop import CropByMarginPointsd, RestoreFromCropd, box_border, crop_and_resize, points_to_crop, resample
-from lib.transforms.cues import check_encoding
-from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, fuse_probability, seed_groups
-from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, MIN_KEPT_FRACTION, GraphCutd, graph_cut
+from lib.transforms.cues import check_encoding, cue_map
+from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance
+from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd
 from lib.transforms.monotone_edits import local_changes, monotone_masks
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
@@ -273,17 +273,11 @@ class MIDeepSegInfer(BasicInferTask):
         return data
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        if self.options.monotone or self.options.proposal == "learned":
-            refine = [self._refine]
-        else:
-            graph_cut = GraphCutd(keys="pred", image_key="work_image", spacing_key="work_spacing", **WORK_KEYS)
-            fusion = [self._distances, InformationFusiond(keys="pred", image_key="work_image", **WORK_KEYS)]
-            refine = (fusion if self.options.proposal == "ifgc" else []) + [graph_cut]
-        return refine + [_RestoreAndBinarise(), ApplyClicksd(keys="pred"), PasteSliced(keys="pred")]
+        return [self._refine, _RestoreAndBinarise(), ApplyClicksd(keys="pred"), PasteSliced(keys="pred")]
 
     def run_post_transforms(self, data: dict[str, Any], transforms) -> dict:
         timing = data.setdefault("timing", {})
-        names = {_CachedClickDistances: "fusion", InformationFusiond: "fusion", GraphCutd: "graph_cut", _Refinement: "refinement"}
+        names = {_Refinement: "refinement"}
         for t in transforms:
             start = time.perf_counter()
             data = t(data)
@@ -413,8 +407,7 @@ class _CachedWorkCrop:
 class _CachedClickDistances:
     """The fusion's distance maps on the work grid (:func:`click_distance` with the task's
     spatial weight), one per seed set, cached across requests: a new click costs one raster
-    scan. As a transform (``ifgc``): ``distance_fg``/``distance_bg``, exactly
-    :func:`lib.transforms.fusion.click_distances` (minimum over :func:`seed_groups`)."""
+    scan."""
 
     def __init__(self, spatial_weight: float = SPATIAL_WEIGHT, smoothing: float = 0.0) -> None:
         self.spatial_weight = spatial_weight
@@ -431,29 +424,23 @@ class _CachedClickDistances:
             self._cache.put(key, dist)
         return dist
 
-    def __call__(self, data: dict) -> dict:
-        fg, bg = data["fg_clicks_work"], data["bg_clicks_work"]
-        if len(fg) + len(bg) == 0:
-            return data
-        margin = data["margin_points_work"]
-        for name, groups in (("distance_fg", seed_groups(margin, fg)), ("distance_bg", seed_groups(margin[:0], bg))):
-            maps = [self.distance(data, g) for g in groups]
-            data[name] = np.minimum.reduce(maps) if maps else None
-        return data
-
 
 class _Refinement:
     """The refinement on the work grid: ``pred`` (foreground probability of stage 1 or of the
     uploaded mask) becomes ``M(i, j)`` of :func:`monotone_masks`, with ``M(0, 0)`` the graph
     cut of ``pred`` with the margin points as hard foreground and ``R`` the proposal of
     :attr:`RefinementOptions.proposal` for each state (without ``monotone``: the proposal
-    for all clicks). Masks are cached per state (the click lists' prefixes), so a new click
-    costs one row or column of the grid."""
+    for all clicks). IF-GC proposals are the pipeline's :class:`InformationFusiond` and
+    :class:`GraphCutd` on the state's clicks, with the distance maps this class assembles
+    from the task's cache. Masks are cached per state (the click lists' prefixes), so a new
+    click costs one row or column of the grid."""
 
     def __init__(self, options: RefinementOptions, distances: _CachedClickDistances, learned: "_LearnedProposal | None") -> None:
         self.options = options
         self.distances = distances
         self.learned = learned
+        self._fusion = InformationFusiond(keys="pred", image_key="work_image", **WORK_KEYS)
+        self._graph_cut = GraphCutd(keys="pred", image_key="work_image", spacing_key="work_spacing", **WORK_KEYS)
         self._masks = LRUCache(1024)
 
     def _state_key(self, data: dict, state: tuple[int, int]) -> tuple:
@@ -461,12 +448,13 @@ class _Refinement:
         return (data["work_cache_key"], data["stage1_key"], data.get("lamda"), data.get("sigma"),
                 data["fg_clicks_work"][:i].tobytes(), data["bg_clicks_work"][:j].tobytes())
 
-    def _cut(self, data: dict, prob: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
-        return graph_cut(
-            data["work_image"][0], prob, np.concatenate([data["margin_points_work"], fg]), bg,
-            float(data.get("lamda", DEFAULT_LAMDA)), float(data.get("sigma", DEFAULT_SIGMA)),
-            data["work_spacing"], None, MIN_KEPT_FRACTION,
-        )
+    def _cut(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+        """Graph cut of one state (fused first for the ``ifgc`` proposal when it has clicks)."""
+        state = {**data, "fg_clicks_work": fg, "bg_clicks_work": bg}
+        if self.options.proposal == "ifgc" and len(fg) + len(bg):
+            state["distance_fg"], state["distance_bg"] = self._distance_maps(data, fg, bg, previous)
+            state = self._fusion(state)
+        return self._graph_cut(state)["pred"][0]
 
     def _click_map(self, data: dict, point: np.ndarray, depth: np.ndarray | None) -> np.ndarray:
         if depth is None:
@@ -476,8 +464,9 @@ class _Refinement:
         euclid = np.sqrt(sum(g**2 for g in grids))
         return self.distances.distance(data, point[None], 0.0) + self.options.spatial_weight * euclid / depth[tuple(point)]
 
-    def _fused(self, data: dict, prob: np.ndarray, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> np.ndarray:
-        """IF (Eq. 3-7) of the clicks of one state, with the options' seed sets."""
+    def _distance_maps(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> tuple:
+        """``(D^f, D^b)`` of one state's clicks with the options' seed sets (with the paper's
+        options exactly :func:`lib.transforms.fusion.click_distances`)."""
         margin = data["margin_points_work"]
         depth = _boundary_depth(previous, data["work_spacing"]) if self.options.depth_reach else None
         fg_maps = [self._click_map(data, p, depth) for p in fg]
@@ -485,20 +474,18 @@ class _Refinement:
         if self.options.fusion_margin and len(margin):
             fg_maps.append(self.distances.distance(data, margin))
         if self.options.border_background:
-            bg_maps.append(self.distances.distance(data, box_border(prob.shape, data["work_box"], data["work_original_shape"])))
-        d_fg, d_bg = (np.minimum.reduce(m) if m else None for m in (fg_maps, bg_maps))
-        return fuse_probability(prob, d_fg, d_bg)
+            size = data["work_image"].shape[1:]
+            bg_maps.append(self.distances.distance(data, box_border(size, data["work_box"], data["work_original_shape"])))
+        return tuple(np.minimum.reduce(m) if m else None for m in (fg_maps, bg_maps))
 
     def propose(self, data: dict, states, previous) -> list[np.ndarray]:
-        prob = np.asarray(data["pred"])[-1]
         fg_all, bg_all = data["fg_clicks_work"], data["bg_clicks_work"]
         if self.options.proposal == "learned" and "stage1_input" in data:  # not for an uploaded label
             return self.learned(data, [(fg_all[:i], bg_all[:j]) for i, j in states], previous)
         out = []
         for (i, j), prev in zip(states, previous):
             fg, bg = fg_all[:i], bg_all[:j]
-            fused = self._fused(data, prob, fg, bg, prev) if self.options.proposal == "ifgc" else prob
-            mask = self._cut(data, fused, fg, bg)
+            mask = self._cut(data, fg, bg, prev)
             out.append(local_changes(mask, prev, fg, bg) if self.options.local else mask)
         return out
 
@@ -510,7 +497,7 @@ class _Refinement:
             if cached is not None:
                 known[state] = cached
         if (0, 0) not in known:
-            known[(0, 0)] = self._cut(data, np.asarray(data["pred"])[-1], data["fg_clicks_work"][:0], data["bg_clicks_work"][:0])
+            known[(0, 0)] = self._cut(data, data["fg_clicks_work"][:0], data["bg_clicks_work"][:0], None)
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
             return data
@@ -536,10 +523,12 @@ def _boundary_depth(mask: np.ndarray, spacing) -> np.ndarray:
 class _LearnedProposal:
     """Proposals of the learned refinement U-Net for a batch of states: the stage-1 crop
     (network grid) plus the EGDs of the state's clicks and its previous mask
-    (:func:`refinement_input`), resampled to the work grid and thresholded at 0.5."""
+    (:func:`refinement_input`), resampled to the work grid and thresholded at 0.5. The EGD
+    of each click set is cached: the states of a new click share one click list's prefix."""
 
     def __init__(self, task: MIDeepSegInfer, path: str | None) -> None:
         self.task = task
+        self._cues = LRUCache(256)
         base = task.path[0] if isinstance(task.path, (list, tuple)) and task.path else task.path
         self.path = path or (str(base).replace(".pt", "_refine.pt") if base else None)
         self._network: torch.nn.Module | None = None
@@ -564,13 +553,21 @@ class _LearnedProposal:
         grid = self.task.spatial_size
         work_size = data["work_image"].shape[1:]
         image, cue = data["stage1_input"]
-        to_grid = np.asarray(grid, dtype=np.float64) / np.asarray(work_size, dtype=np.float64)
+        work_box = np.stack([np.zeros(len(work_size), np.int64), np.asarray(work_size)])  # the same box, on the work grid
+
+        def click_cue(points: np.ndarray) -> np.ndarray:
+            key = (data["stage1_key"], points.tobytes())
+            cached = self._cues.get(key)
+            if cached is None:
+                cached = cue_map(image, points, "egd")
+                self._cues.put(key, cached)
+            return cached
+
         inputs = []
         for (fg, bg), prev in zip(clicks, previous):
-            grid_fg, grid_bg = (np.clip(np.rint((p + 0.5) * to_grid - 0.5), 0, np.asarray(grid) - 1).astype(np.int64)
-                                for p in (fg, bg))
+            grid_fg, grid_bg = (points_to_crop(p, work_box, grid) for p in (fg, bg))
             prev_grid = resample(np.asarray(prev, dtype=np.float32)[None], grid, "bilinear")[0]
-            inputs.append(refinement_input(image, cue, grid_fg, grid_bg, prev_grid))
+            inputs.append(refinement_input(image, cue, grid_fg, grid_bg, prev_grid, click_cue=click_cue))
         device = str(data.get("device", "cpu"))
         x = torch.as_tensor(np.stack(inputs)).to(device)
         prob = predict_probability(self.network(device), x, inference_dtype(self.task.precision, device))[:, 1].cpu().numpy()

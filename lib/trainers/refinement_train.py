@@ -39,7 +39,8 @@ from scipy import ndimage
 
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet, refinement_from_stage1
 from lib.trainers.handlers import save_atomic
-from lib.trainers.midepseg_train import group_partition
+from lib.metrics import dice
+from lib.trainers.midepseg_train import OBJECT_CONTEXT, group_partition
 from lib.transforms.crop import crop_and_resize, points_to_crop, relaxed_box, resample
 from lib.transforms.cues import cue_map
 from lib.transforms.margin_points import extreme_margin_points, simulate_margin_points
@@ -48,7 +49,6 @@ from lib.transforms.robot_user import corrective_click
 
 logger = logging.getLogger(__name__)
 
-OBJECT_CONTEXT = {2: 48, 3: 24}
 # Objects are stored at most this many voxels per side (the network sees 64^2 / 96x96x64
 # crops of them; margin-point simulation on full-size ultrasound frames was most of a step).
 MAX_SIDE = {2: 192, 3: 128}
@@ -191,16 +191,11 @@ def _stage1_masks(stage1: torch.nn.Module, crops: list[dict]) -> list[np.ndarray
         return _masks(stage1(x))
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
-
-
 def validate(net: torch.nn.Module, stage1: torch.nn.Module, crops: list[dict]) -> dict[int, float]:
     """Mean Dice after 0 and after each of ``VAL_CLICKS`` robot clicks on the network grid."""
     net.eval()
     sessions = [ClickSession(c, m) for c, m in zip(crops, _stage1_masks(stage1, crops))]
-    out = {0: float(np.mean([_dice(s.mask, s.crop["label"]) for s in sessions]))}
+    out = {0: float(np.mean([dice(s.mask, s.crop["label"]) for s in sessions]))}
     for k in range(1, max(VAL_CLICKS) + 1):
         for s in sessions:
             s.click(None, 0.0)
@@ -209,7 +204,7 @@ def validate(net: torch.nn.Module, stage1: torch.nn.Module, crops: list[dict]) -
         for s, m in zip(sessions, masks):
             s.mask = m
         if k in VAL_CLICKS:
-            out[k] = float(np.mean([_dice(s.mask, s.crop["label"]) for s in sessions]))
+            out[k] = float(np.mean([dice(s.mask, s.crop["label"]) for s in sessions]))
     net.train()
     return out
 

@@ -12,6 +12,8 @@ Channels, all on the network grid of the relaxed box (``(H, W)`` or ``(H, W, D)`
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .cues import cue_map
@@ -24,6 +26,7 @@ def refinement_input(
     background: np.ndarray,
     previous_mask: np.ndarray,
     encoding: str = "egd",
+    click_cue: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Stack the five channels of the refinement network's input.
 
@@ -33,6 +36,8 @@ def refinement_input(
         foreground, background: ``(N, ndim)`` click voxel indices on this grid (N may be 0).
         previous_mask: the current result on this grid, in [0, 1].
         encoding: cue encoding of the clicks (:mod:`.cues`; the stage-1 one).
+        click_cue: ``points -> cue map`` to use instead of computing :func:`cue_map` on
+            ``image`` (an interactive caller caches the map of each click set).
 
     Returns:
         float32 ``(5, *spatial)``.
@@ -43,6 +48,7 @@ def refinement_input(
         raise ValueError(f"refinement_input: image {img.shape}, cue {np.shape(margin_cue)} and mask {prev.shape} differ")
     channels = [img, np.asarray(margin_cue, dtype=np.float32)]
     for points in (foreground, background):
-        channels.append(cue_map(img, np.asarray(points, dtype=np.int64).reshape(-1, img.ndim), encoding))
+        pts = np.asarray(points, dtype=np.int64).reshape(-1, img.ndim)
+        channels.append(cue_map(img, pts, encoding) if click_cue is None else click_cue(pts))
     channels.append(prev)
     return np.stack(channels).astype(np.float32)

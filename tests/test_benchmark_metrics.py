@@ -1,0 +1,34 @@
+"""The benchmark's measures of the field (lib/benchmark/metrics.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lib.benchmark.metrics import dsc_auc, normalised_surface_dice, padded_dice, step_statistics
+from tests.conftest import ellipsoid_mask
+
+
+def test_dsc_auc_is_the_trapezoid_area_over_five_clicks():
+    assert dsc_auc([0.5, 0.7, 0.8, 0.9, 0.9, 1.0, 0.2]) == pytest.approx(0.6 + 0.75 + 0.85 + 0.9 + 0.95)
+    # a run that stopped early (nothing left to click) keeps its last value
+    assert dsc_auc([0.5, 1.0]) == pytest.approx(0.75 + 4 * 1.0)
+    np.testing.assert_allclose(padded_dice([0.5, 1.0], 3), [0.5, 1.0, 1.0, 1.0])
+
+
+def test_nsd_counts_surface_within_the_tolerance_in_mm():
+    ref = ellipsoid_mask((60, 60), (30, 30), 12)
+    shifted = np.roll(ref, 1, axis=0)  # 1 voxel = 1 mm, inside a 2 mm tolerance
+    far = np.roll(ref, 6, axis=0)
+    assert normalised_surface_dice(ref, ref, (1.0, 1.0)) == pytest.approx(1.0)
+    assert normalised_surface_dice(shifted, ref, (1.0, 1.0)) == pytest.approx(1.0)
+    assert normalised_surface_dice(shifted, ref, (3.0, 3.0)) < 0.9, "the tolerance is in mm, not voxels"
+    assert 0.1 < normalised_surface_dice(far, ref, (1.0, 1.0)) < 0.7
+    assert normalised_surface_dice(np.zeros_like(ref), ref, None) == 0.0
+
+
+def test_step_statistics_give_mean_gain_and_the_share_of_clicks_that_hurt():
+    gain, worse = step_statistics([[0.5, 0.6, 0.58, 0.7], [0.9, 0.8]])
+    assert gain == pytest.approx((0.1 - 0.02 + 0.12 - 0.1) / 4)
+    assert worse == pytest.approx(2 / 4)  # -0.02 and -0.1 are worse by more than 0.01
+    assert step_statistics([[0.8]]) == (0.0, 0.0)
