@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.benchmark.methods import METHOD_KEYS, Method, build_methods  # noqa: E402
+from lib.benchmark.methods import METHOD_KEYS, Method, build_methods, midepseg_variant  # noqa: E402
 from lib.benchmark.metrics import WORSE_BY, dsc_auc, step_statistics  # noqa: E402
 from lib.benchmark.protocol import DEFAULT_MAX_CLICKS, NOC_THRESHOLDS, ProtocolResult, run_protocol  # noqa: E402
 
@@ -91,6 +91,16 @@ def preset_shared_cases(dims) -> list[dict]:
     return cases
 
 
+def _spatial_dims(path: Path) -> int:
+    """2 for a NIfTI file holding one slice, else 3 (other volume formats are taken as 3D)."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        shape = nib.load(str(path)).shape
+        return 2 if len(shape) == 2 or (len(shape) == 3 and shape[2] == 1) else 3
+    return 3
+
+
 def folder_cases(images: Path, labels: Path, values, volumes: str, dataset: str | None) -> list[dict]:
     """Pairs of image and label files with the same name (or stem) in two folders."""
     label_files = {p.name: p for p in labels.iterdir() if p.is_file()}
@@ -102,7 +112,7 @@ def folder_cases(images: Path, labels: Path, values, volumes: str, dataset: str 
         if label is None:
             logger.warning("no label for %s, skipped", path.name)
             continue
-        is_volume = path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"))
+        is_volume = path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")) and _spatial_dims(path) == 3
         base = {"image": str(path), "label": str(label), "value": values, "name": _stem(path)}
         if not is_volume:
             cases.append(dict(base, dataset=f"{name} 2D", dim=2, slice=False))
@@ -414,6 +424,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", help="data set name for --images (default: the folder name)")
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3], choices=[2, 3])
     parser.add_argument("--methods", nargs="+", default=list(METHOD_KEYS), choices=list(METHOD_KEYS))
+    parser.add_argument("--variant", action="append", default=[], metavar="SETTING",
+                        help="also run MIDeepSeg set up by key=value,... (--conf keys of the task: refinement, "
+                             "RefinementOptions fields; lamda/sigma), e.g. refinement=learned,learned_cut=gc")
     parser.add_argument("--max-cases", type=int, default=None, help="at most this many cases per data set")
     parser.add_argument("--clicks", type=int, default=None, help="corrective-click budget (default 20 in 2D, 10 in 3D)")
     parser.add_argument("--overlays", type=int, default=1, help="overlay figures for the first N cases of each data set")
@@ -442,6 +455,7 @@ def main(argv=None) -> int:
         parser.error("give --preset shared or --images and --labels")
     cases = select_cases(cases, args.max_cases)
     methods, unavailable = build_methods(args.methods, args.dims, args.model_dir, args.device, ablation_dir=args.ablation_dir)
+    methods += [midepseg_variant(dim, text, model_dir=args.model_dir, device=args.device) for text in args.variant for dim in args.dims]
     for key, why in unavailable.items():
         logger.warning("method %s skipped: %s", key, why)
     if not methods:

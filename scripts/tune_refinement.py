@@ -25,14 +25,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.benchmark.methods import MIDeepSegMethod  # noqa: E402
+from lib.benchmark.methods import MIDeepSegMethod, midepseg_variant  # noqa: E402
 from lib.benchmark.metrics import click_statistics  # noqa: E402
 from lib.benchmark.protocol import run_protocol  # noqa: E402
 from scripts.evaluate_generalisation import DATA  # noqa: E402
 
 logger = logging.getLogger("tune_refinement")
 CLICKS = 10
-REQUEST_OPTIONS = ("lamda", "sigma")
 
 
 def training_objects(anatomy: Path, mix: Path | None, dim: int) -> list[tuple[Path, Path]]:
@@ -46,15 +45,6 @@ def training_objects(anatomy: Path, mix: Path | None, dim: int) -> list[tuple[Pa
         heads = sorted(p for p in (mix / "images").iterdir() if not p.name.startswith("ana-"))[::40][:15]
         cases += [(p, DATA / "hc18" / "labels" / p.name) for p in heads]
     return cases
-
-
-def parse_setting(text: str) -> tuple[dict, dict]:
-    """``key=value,...`` -> (task conf, request options)."""
-    conf, options = {}, {}
-    for item in filter(None, text.split(",")):
-        key, value = item.split("=", 1)
-        (options if key in REQUEST_OPTIONS else conf)[key] = float(value) if key in REQUEST_OPTIONS else value
-    return conf, options
 
 
 def score(method: MIDeepSegMethod, cases) -> dict:
@@ -87,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| setting | Dice 0 | Dice 1 | Dice 3 | Dice 5 | Dice 10 | NoC@85 | NoC@90 | gain/click | clicks worse >0.01 | ms/click |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for text in args.setting:
-        conf, options = parse_setting(text)
-        stats = score(MIDeepSegMethod(args.dim, conf.pop("refinement", None), conf=conf, options=options), cases)
+        stats = score(midepseg_variant(args.dim, text), cases)
         print(f"| {text} | " + " | ".join(
             f"{stats[k]:.3f}" for k in ("dice0", "dice1", "dice3", "dice5", "dice10")) +
             f" | {stats['noc85']:.2f} | {stats['noc90']:.2f} | {stats['gain_per_click']:.4f} | "

@@ -45,13 +45,40 @@ from lib.transforms.intensity import unit_range
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO / "apps" / "midepseg" / "model"
-METHOD_KEYS = ("midepseg", "midepseg_ifgc", "midepseg_gc", "midepseg_learned", "midepseg_repaired",
+METHOD_KEYS = ("midepseg", "midepseg_ifgc", "midepseg_gc", "midepseg_learned", "midepseg_learned_ifgc", "midepseg_repaired",
                "graphcut", "randomwalker", "geodesic", "grabcut")
 # Benchmark key -> the infer task's refinement (None: the server's default for the dimension).
 MIDEPSEG_REFINEMENT = {"midepseg": None, "midepseg_ifgc": "ifgc", "midepseg_gc": "gc",
-                       "midepseg_learned": "learned", "midepseg_repaired": "ifgc_repaired"}
+                       "midepseg_learned": "learned", "midepseg_learned_ifgc": "learned_ifgc",
+                       "midepseg_repaired": "ifgc_repaired"}
 MIDEPSEG_NAMES = {"ifgc": "MIDeepSeg IF-GC (paper)", "gc": "MIDeepSeg GC (no fusion)",
-                  "learned": "MIDeepSeg learned refinement", "ifgc_repaired": "MIDeepSeg repaired IF-GC"}
+                  "learned": "MIDeepSeg learned refinement", "learned_ifgc": "MIDeepSeg learned + IF-GC",
+                  "ifgc_repaired": "MIDeepSeg repaired IF-GC"}
+
+
+REQUEST_OPTIONS = ("lamda", "sigma")
+
+
+def parse_setting(text: str) -> tuple[dict, dict]:
+    """A MIDeepSeg setting ``key=value,...`` -> (task ``--conf``, request options): ``lamda``
+    and ``sigma`` are request parameters (floats), every other key a ``--conf`` string
+    (``refinement``, the fields of ``RefinementOptions``)."""
+    conf, options = {}, {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"setting {item!r}: expected key=value")
+        if key in REQUEST_OPTIONS:
+            options[key] = float(value)
+        else:
+            conf[key] = value
+    return conf, options
+
+
+def midepseg_variant(dim: int, text: str, **kwargs) -> "MIDeepSegMethod":
+    """MIDeepSeg configured by a setting (:func:`parse_setting`), named after it."""
+    conf, options = parse_setting(text)
+    return MIDeepSegMethod(dim, conf.pop("refinement", None), conf=conf, options=options, setting=text, **kwargs)
 
 
 def _points(points, ndim: int) -> np.ndarray:
@@ -139,7 +166,8 @@ class MIDeepSegMethod(Method):
         cue: cue encoding (:mod:`lib.transforms.cues`) of a network trained with it, given
             by ``model_file`` (the cue ablation, paper Tables 2/6).
         options: extra request parameters sent with every interaction (e.g. ``lamda``).
-        conf: extra ``--conf`` settings of the task (e.g. ``{"reach": "2"}``).
+        conf: extra ``--conf`` settings of the task (e.g. ``{"learned_cut": "gc"}``).
+        setting: the text of a variant (:func:`midepseg_variant`): its key and name say it.
     """
 
     hard_constraints = True
@@ -155,6 +183,7 @@ class MIDeepSegMethod(Method):
         model_file: str | os.PathLike | None = None,
         options: dict | None = None,
         conf: dict | None = None,
+        setting: str | None = None,
     ) -> None:
         if dim not in (2, 3):
             raise ValueError(f"MIDeepSeg: dim must be 2 or 3, got {dim}")
@@ -174,6 +203,8 @@ class MIDeepSegMethod(Method):
         if model_file is not None:
             self.key += f"_cue_{cue}"
             self.name += f" [{cue} cue, ablation net]"
+        if setting:
+            self.key, self.name = f"midepseg[{setting}]", f"MIDeepSeg [{setting}]"
         self.model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
         self.device = device
         self.untrained = untrained

@@ -22,8 +22,14 @@ Refinements (``refinement``, :data:`REFINEMENTS`; each a preset of the options b
   proposals combined by :mod:`lib.transforms.monotone_edits` (a background click never adds, a foreground click
   never removes, undo is exact);
 * ``learned``: the refinement U-Net (``<model>_refine.pt``, 5 input channels:
-  :mod:`lib.transforms.refinement_input`) re-run on the stage-1 crop, combined the same way
-  (an uploaded label is refined by the IF-GC proposal: the network needs the stage-1 crop).
+  :mod:`lib.transforms.refinement_input`) re-run on the stage-1 crop, its probability
+  thresholded, combined the same way;
+* ``learned_ifgc`` (2D default): the refinement U-Net's probability fused with the clicks
+  and cut on the work grid with the repaired IF-GC's options, so that the boundary follows
+  image edges finer than the 64 x 64 network grid.
+
+An uploaded label is refined by the fusion + graph cut with the preset's options (a learned
+proposal needs the stage-1 crop).
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ logger = logging.getLogger(__name__)
 WORK_VOXELS = {2: 160 * 160, 3: 48 * 48 * 48}
 WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_work", "background_key": "bg_clicks_work"}
 PROPOSALS = ("ifgc", "gc", "learned")
+LEARNED_CUTS = ("none", "gc", "ifgc")
 LEARNED_WARM_BATCHES = 8
 
 
@@ -89,6 +96,11 @@ class RefinementOptions:
             the error region it was placed in (its distance to the previous mask's boundary)
             instead of the box's side, so its reach follows that region's size (with
             ``monotone``).
+        learned_cut: how the learned proposal's probability (network grid, resampled to the
+            work grid) becomes a mask: ``"none"`` (threshold 0.5), ``"gc"`` (graph cut of it
+            on the work grid with the state's clicks as hard constraints: the boundary snaps
+            to image edges finer than the network grid) or ``"ifgc"`` (fused with the
+            clicks' distances first, as the ``ifgc`` proposal fuses the stage-1 probability).
     """
 
     proposal: str = "ifgc"
@@ -99,6 +111,7 @@ class RefinementOptions:
     smoothing: float = 0.0
     local: bool = False
     depth_reach: bool = False
+    learned_cut: str = "none"
 
 
 REFINEMENTS = {
@@ -109,10 +122,16 @@ REFINEMENTS = {
         monotone=True, fusion_margin=False, smoothing=1.0, depth_reach=True, spatial_weight=1.0
     ),
     "learned": RefinementOptions(proposal="learned", monotone=True),
+    # The learned proposal's probability fused with the clicks and cut on the work grid, with
+    # the repaired IF-GC's options; chosen on the selection set (scripts/make_selection_set.py).
+    "learned_ifgc": RefinementOptions(
+        proposal="learned", monotone=True, learned_cut="ifgc", fusion_margin=False, smoothing=1.0,
+        depth_reach=True, spatial_weight=1.0
+    ),
 }
 # The default per dimension: the learned refinement where its weights ship (2D), the repaired
 # IF-GC elsewhere; chosen by the click benchmark (README, "Corrective clicks").
-DEFAULT_REFINEMENT = {2: "learned", 3: "ifgc_repaired"}
+DEFAULT_REFINEMENT = {2: "learned_ifgc", 3: "ifgc_repaired"}
 
 
 def warm_up_label_writer() -> None:
@@ -177,6 +196,8 @@ class MIDeepSegInfer(BasicInferTask):
         self.options = replace(REFINEMENTS[refinement], **(refinement_options or {}))
         if self.options.proposal not in PROPOSALS:
             raise ValueError(f"refinement proposal must be one of {PROPOSALS}, got {self.options.proposal!r}")
+        if self.options.learned_cut not in LEARNED_CUTS:
+            raise ValueError(f"refinement learned_cut must be one of {LEARNED_CUTS}, got {self.options.learned_cut!r}")
         self._loader = CachedLoadImaged(keys="image")
         self._work_crop = _CachedWorkCrop(self.work_voxels)
         self._distances = _CachedClickDistances(self.options.spatial_weight, self.options.smoothing)
@@ -448,10 +469,16 @@ class _Refinement:
         return (data["work_cache_key"], data["stage1_key"], data.get("lamda"), data.get("sigma"),
                 data["fg_clicks_work"][:i].tobytes(), data["bg_clicks_work"][:j].tobytes())
 
-    def _cut(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
-        """Graph cut of one state (fused first for the ``ifgc`` proposal when it has clicks)."""
+    def _cut(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray | None,
+             probability: np.ndarray | None = None, fuse: bool | None = None) -> np.ndarray:
+        """Graph cut of one state's ``probability`` (default: the stage-1 ``pred`` or the
+        uploaded mask), fused first with its clicks' distances when ``fuse`` (default: unless
+        the proposal is ``gc``; a learned refinement refines an uploaded mask this way)."""
         state = {**data, "fg_clicks_work": fg, "bg_clicks_work": bg}
-        if self.options.proposal == "ifgc" and len(fg) + len(bg):
+        if probability is not None:
+            state["pred"] = probability[None]
+        fuse = self.options.proposal != "gc" if fuse is None else fuse
+        if fuse and len(fg) + len(bg):
             state["distance_fg"], state["distance_bg"] = self._distance_maps(data, fg, bg, previous)
             state = self._fusion(state)
         return self._graph_cut(state)["pred"][0]
@@ -481,13 +508,24 @@ class _Refinement:
     def propose(self, data: dict, states, previous) -> list[np.ndarray]:
         fg_all, bg_all = data["fg_clicks_work"], data["bg_clicks_work"]
         if self.options.proposal == "learned" and "stage1_input" in data:  # not for an uploaded label
-            return self.learned(data, [(fg_all[:i], bg_all[:j]) for i, j in states], previous)
-        out = []
-        for (i, j), prev in zip(states, previous):
-            fg, bg = fg_all[:i], bg_all[:j]
-            mask = self._cut(data, fg, bg, prev)
-            out.append(local_changes(mask, prev, fg, bg) if self.options.local else mask)
-        return out
+            clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
+            probabilities = self.learned(data, clicks, previous)
+            masks = [self._learned_mask(data, fg, bg, prev, p) for (fg, bg), prev, p in zip(clicks, previous, probabilities)]
+        else:
+            clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
+            masks = [self._cut(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
+        if not self.options.local:
+            return masks
+        return [local_changes(mask, prev, fg, bg) for mask, prev, (fg, bg) in zip(masks, previous, clicks)]
+
+    def _learned_mask(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray, probability: np.ndarray) -> np.ndarray:
+        """One state's mask from the learned proposal's probability (``learned_cut``)."""
+        if self.options.learned_cut != "none":
+            return self._cut(data, fg, bg, previous, probability, fuse=self.options.learned_cut == "ifgc")
+        mask = probability >= 0.5
+        mask[tuple(fg.T)] = True
+        mask[tuple(bg.T)] = False
+        return mask
 
     def __call__(self, data: dict) -> dict:
         n, m = len(data["fg_clicks_work"]), len(data["bg_clicks_work"])
@@ -521,10 +559,10 @@ def _boundary_depth(mask: np.ndarray, spacing) -> np.ndarray:
 
 
 class _LearnedProposal:
-    """Proposals of the learned refinement U-Net for a batch of states: the stage-1 crop
-    (network grid) plus the EGDs of the state's clicks and its previous mask
-    (:func:`refinement_input`), resampled to the work grid and thresholded at 0.5. The EGD
-    of each click set is cached: the states of a new click share one click list's prefix."""
+    """Foreground probabilities of the learned refinement U-Net for a batch of states: the
+    stage-1 crop (network grid) plus the EGDs of the state's clicks and its previous mask
+    (:func:`refinement_input`), resampled to the work grid. The EGD of each click set is
+    cached: the states of a new click share one click list's prefix."""
 
     def __init__(self, task: MIDeepSegInfer, path: str | None) -> None:
         self.task = task
@@ -571,11 +609,4 @@ class _LearnedProposal:
         device = str(data.get("device", "cpu"))
         x = torch.as_tensor(np.stack(inputs)).to(device)
         prob = predict_probability(self.network(device), x, inference_dtype(self.task.precision, device))[:, 1].cpu().numpy()
-        work = resample(prob, work_size, "bilinear")
-        out = []
-        for (fg, bg), p in zip(clicks, work):
-            mask = p >= 0.5
-            mask[tuple(fg.T)] = True
-            mask[tuple(bg.T)] = False
-            out.append(mask)
-        return out
+        return list(resample(prob, work_size, "bilinear"))
