@@ -143,6 +143,9 @@ def _resize(arr: np.ndarray, size: Sequence[int], mode: str) -> np.ndarray:
         mode = "bilinear" if spatial_dims == 2 else "trilinear"
     elif mode == "nearest":
         mode = "nearest-exact"  # voxel-centre aligned; torch's "nearest" shifts by up to half a voxel
+    if all(n >= o for n, o in zip(size, arr.shape[1:])):  # enlarging: no anti-aliasing, MONAI's Resize is this call
+        out = torch.nn.functional.interpolate(torch.as_tensor(arr, dtype=torch.float32)[None], size=size, mode=mode)[0]
+        return out.numpy()
     resize = Resize(size, mode=mode, anti_aliasing=mode != "nearest-exact", dtype=torch.float32)
     out = resize(torch.as_tensor(arr, dtype=torch.float32))
     return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
