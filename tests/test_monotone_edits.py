@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.transforms.monotone_edits import local_changes, monotone_masks, previous_state
+from scipy import ndimage
+
+from lib.transforms.monotone_edits import boundary_depth, local_changes, monotone_masks, previous_state
 
 
 def _random_proposer(seed: int, shape=(12, 12)):
@@ -76,3 +78,28 @@ def test_local_changes_keep_only_what_touches_a_click():
     out = local_changes(proposal, previous, np.array([[0, 5]]), np.array([[4, 4]]))
     assert out[0:2].all() and not out[9, 9], "only the added region at the click is kept"
     assert not out[4:6, 4:6].any() and out[7, 7], "only the removed region at the click is kept"
+
+
+@pytest.mark.parametrize("shape,spacing", [((40, 37), (1.0, 1.0)), ((30, 25), (0.7, 2.0)), ((12, 14, 9), (1.0, 0.8, 3.0))])
+def test_boundary_depth_is_the_distance_transform_at_the_points(shape, spacing):
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_opening(rng.random(shape) > 0.45)
+    points = np.argwhere(np.ones(shape, bool))
+    edt = np.where(mask, ndimage.distance_transform_edt(mask, sampling=spacing), ndimage.distance_transform_edt(~mask, sampling=spacing))
+    np.testing.assert_allclose(boundary_depth(mask, points, spacing), np.maximum(edt, min(spacing)).ravel(), rtol=1e-9)
+    assert (boundary_depth(np.zeros(shape, bool), points[:3], spacing) == max(np.multiply(shape, spacing))).all()
+
+
+def test_a_reach_limit_keeps_a_background_click_to_its_band():
+    previous = np.zeros((20, 20), bool)
+    previous[2:18, 2:18] = True
+    proposal = previous.copy()
+    proposal[2:12, 2:18] = False  # the proposal removes the top 10 rows
+    click = np.array([[3, 10]])  # 2 pixels deep: it may remove what is at most 4 deep
+    out = local_changes(proposal, previous, np.zeros((0, 2), np.int64), click, reach=2.0)
+    removed = previous & ~out
+    assert removed[2:6, 2:18].all() and not removed[6:12, 6:14].any() and not removed[12:].any()
+    np.testing.assert_array_equal(local_changes(proposal, previous, np.zeros((0, 2), np.int64), click), proposal)
+    grown = previous | np.pad(np.ones((20, 1), bool), ((0, 0), (19, 0)))
+    kept = local_changes(grown, previous, np.zeros((0, 2), np.int64), click, reach=2.0, restrict=(False, True))
+    np.testing.assert_array_equal(kept, grown)  # unrestricted additions are kept whole

@@ -45,7 +45,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 from fastapi import HTTPException
 from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -59,7 +58,7 @@ from lib.transforms.crop import CropByMarginPointsd, RestoreFromCropd, box_borde
 from lib.transforms.cues import check_encoding, cue_map
 from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd
-from lib.transforms.monotone_edits import local_changes, monotone_masks
+from lib.transforms.monotone_edits import boundary_depth, local_changes, monotone_masks
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
 from lib.transforms.start_mask import LoadStartMaskd
@@ -92,6 +91,10 @@ class RefinementOptions:
         spatial_weight, smoothing: of :func:`click_distance`.
         local: keep only the proposal's changes that touch a click of their label
             (:func:`local_changes`; with ``monotone``).
+        reach_limit: when > 0, a background click removes only voxels no deeper (distance
+            to the previous mask's boundary) than ``reach_limit`` times its own depth,
+            connected to it (:func:`local_changes`; additions too with ``local``; with
+            ``monotone``).
         depth_reach: a refinement click's spatial term is measured in units of its depth in
             the error region it was placed in (its distance to the previous mask's boundary)
             instead of the box's side, so its reach follows that region's size (with
@@ -112,6 +115,7 @@ class RefinementOptions:
     local: bool = False
     depth_reach: bool = False
     learned_cut: str = "none"
+    reach_limit: float = 0.0
 
 
 REFINEMENTS = {
@@ -463,6 +467,7 @@ class _Refinement:
         self._fusion = InformationFusiond(keys="pred", image_key="work_image", **WORK_KEYS)
         self._graph_cut = GraphCutd(keys="pred", image_key="work_image", spacing_key="work_spacing", **WORK_KEYS)
         self._masks = LRUCache(1024)
+        self._euclid = LRUCache(64)  # a click's Euclidean distance map (mm) on the work grid
 
     def _state_key(self, data: dict, state: tuple[int, int]) -> tuple:
         i, j = state
@@ -483,21 +488,27 @@ class _Refinement:
             state = self._fusion(state)
         return self._graph_cut(state)["pred"][0]
 
-    def _click_map(self, data: dict, point: np.ndarray, depth: np.ndarray | None) -> np.ndarray:
+    def _click_map(self, data: dict, point: np.ndarray, depth: float | None) -> np.ndarray:
         if depth is None:
             return self.distances.distance(data, point[None])
-        sp = np.asarray(data["work_spacing"], dtype=np.float64)
-        grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(depth.shape, point, sp)], indexing="ij", sparse=True)
-        euclid = np.sqrt(sum(g**2 for g in grids))
-        return self.distances.distance(data, point[None], 0.0) + self.options.spatial_weight * euclid / depth[tuple(point)]
+        key = (data["work_cache_key"], point.tobytes())
+        euclid = self._euclid.get(key)
+        if euclid is None:
+            sp = np.asarray(data["work_spacing"], dtype=np.float64)
+            size = data["work_image"].shape[1:]
+            grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(size, point, sp)], indexing="ij", sparse=True)
+            euclid = np.sqrt(sum(g**2 for g in grids))
+            self._euclid.put(key, euclid)
+        return self.distances.distance(data, point[None], 0.0) + (self.options.spatial_weight / depth) * euclid
 
     def _distance_maps(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> tuple:
         """``(D^f, D^b)`` of one state's clicks with the options' seed sets (with the paper's
         options exactly :func:`lib.transforms.fusion.click_distances`)."""
         margin = data["margin_points_work"]
-        depth = _boundary_depth(previous, data["work_spacing"]) if self.options.depth_reach else None
-        fg_maps = [self._click_map(data, p, depth) for p in fg]
-        bg_maps = [self._click_map(data, p, depth) for p in bg]
+        fg_maps, bg_maps = [], []
+        for points, maps in ((fg, fg_maps), (bg, bg_maps)):
+            depths = boundary_depth(previous, points, data["work_spacing"]) if self.options.depth_reach else [None] * len(points)
+            maps.extend(self._click_map(data, p, d) for p, d in zip(points, depths))
         if self.options.fusion_margin and len(margin):
             fg_maps.append(self.distances.distance(data, margin))
         if self.options.border_background:
@@ -514,9 +525,16 @@ class _Refinement:
         else:
             clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
             masks = [self._cut(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
-        if not self.options.local:
+        if not (self.options.local or self.options.reach_limit > 0):
             return masks
-        return [local_changes(mask, prev, fg, bg) for mask, prev, (fg, bg) in zip(masks, previous, clicks)]
+        out = []
+        for mask, prev, (fg, bg) in zip(masks, previous, clicks):
+            if self.options.reach_limit > 0:
+                restrict = (self.options.local, True)
+                out.append(local_changes(mask, prev, fg, bg, self.options.reach_limit, data["work_spacing"], restrict))
+            else:
+                out.append(local_changes(mask, prev, fg, bg))
+        return out
 
     def _learned_mask(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray, probability: np.ndarray) -> np.ndarray:
         """One state's mask from the learned proposal's probability (``learned_cut``)."""
@@ -545,17 +563,6 @@ class _Refinement:
                 self._masks.put(self._state_key(data, state), mask)
         data["pred"] = masks[(n, m)].astype(np.uint8)[None]
         return data
-
-
-def _boundary_depth(mask: np.ndarray, spacing) -> np.ndarray:
-    """Physical distance of every voxel to the boundary of ``mask`` (either side), at least
-    the finest voxel size."""
-    m = np.asarray(mask) > 0
-    sp = np.asarray(spacing, dtype=np.float64)
-    if not m.any() or m.all():
-        return np.full(m.shape, float(np.max(np.asarray(m.shape) * sp)))
-    depth = np.where(m, ndimage.distance_transform_edt(m, sampling=sp), ndimage.distance_transform_edt(~m, sampling=sp))
-    return np.maximum(depth, float(sp.min()))
 
 
 class _LearnedProposal:

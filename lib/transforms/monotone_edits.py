@@ -29,6 +29,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 State = tuple[int, int]
 
@@ -86,15 +87,57 @@ def monotone_masks(
     return masks
 
 
-def local_changes(proposal: np.ndarray, previous: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
+def boundary_depth(mask: np.ndarray, points: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Physical distance of each of ``points`` (``(N, ndim)`` voxel indices) to the nearest
+    voxel of the other label of ``mask`` (the Euclidean distance transform of the side each
+    point is on, read at the points), at least the finest voxel size; the whole extent of
+    the grid when ``mask`` holds one label only.
+
+    The nearest voxel of the other label is always face-adjacent to the point's side (one
+    step from it towards the point stays on the other label otherwise), so only those
+    boundary voxels are searched: exact, and far cheaper than two full distance transforms.
+    """
+    m = np.asarray(mask) > 0
+    pts = np.asarray(points, dtype=np.int64).reshape(-1, m.ndim)
+    sp = np.ones(m.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    if not m.any() or m.all():
+        return np.full(len(pts), float(np.max(np.asarray(m.shape) * sp)))
+    out = np.empty(len(pts))
+    inside = m[tuple(pts.T)]
+    for side, selected in ((m, inside), (~m, ~inside)):
+        if selected.any():
+            boundary = ~side & ndimage.binary_dilation(side)
+            out[selected] = cKDTree(np.argwhere(boundary) * sp).query(pts[selected] * sp)[0]
+    return np.maximum(out, float(sp.min()))
+
+
+def local_changes(
+    proposal: np.ndarray,
+    previous: np.ndarray,
+    foreground: np.ndarray,
+    background: np.ndarray,
+    reach: float = np.inf,
+    spacing: Sequence[float] | None = None,
+    restrict: tuple[bool, bool] = (True, True),
+) -> np.ndarray:
     """``proposal`` reduced to the changes a click asked for: relative to ``previous``, keep
     the added connected regions that contain or touch a foreground click and the removed
     ones that contain or touch a background click; changes away from every click (a
     graph cut re-deciding a distant weak edge) are dropped.
 
+    With a finite ``reach``, a click keeps only the changed voxels no deeper (their
+    :func:`boundary_depth` in ``previous``, with ``spacing``) than ``reach`` times its own
+    depth, connected to it: the robot and an annotator click near
+    the middle of an error region, so a click ``d`` deep into a leak may remove a band about
+    ``reach * d`` deep along the boundary around it, not the object's interior behind it.
+
     Args:
         proposal, previous: binary spatial masks of the same shape.
         foreground, background: ``(N, ndim)`` click voxel indices.
+        reach: how many times its own depth a click may reach.
+        spacing: voxel size for the depths (ones when omitted).
+        restrict: whether additions (foreground clicks) and removals (background clicks)
+            are restricted; an unrestricted kind of change is kept whole.
 
     Returns:
         bool mask.
@@ -102,13 +145,22 @@ def local_changes(proposal: np.ndarray, previous: np.ndarray, foreground: np.nda
     new, old = np.asarray(proposal) > 0, np.asarray(previous) > 0
     out = old.copy()
     structure = ndimage.generate_binary_structure(new.ndim, new.ndim)
-    for change, points, value in ((new & ~old, foreground, True), (old & ~new, background, False)):
+    for change, points, value, restricted in ((new & ~old, foreground, True, restrict[0]), (old & ~new, background, False, restrict[1])):
+        if not restricted:
+            out[change] = value
+            continue
         pts = np.asarray(points, dtype=np.int64).reshape(-1, new.ndim)
         if not len(pts) or not change.any():
             continue
-        labels, _ = ndimage.label(change, structure)
-        seeds = np.zeros(new.shape, dtype=bool)
-        seeds[tuple(pts.T)] = True
-        touched = np.unique(labels[ndimage.binary_dilation(seeds, structure)])
-        out[np.isin(labels, touched[touched > 0])] = value
+        limits = np.full(len(pts), np.inf) if not np.isfinite(reach) else reach * boundary_depth(old, pts, spacing)
+        if np.isfinite(reach):
+            depth = np.full(new.shape, np.inf)
+            depth[change] = boundary_depth(old, np.argwhere(change), spacing)
+        for limit in sorted(set(limits.tolist())):
+            band = change if not np.isfinite(limit) else change & (depth <= limit)
+            labels, _ = ndimage.label(band, structure)
+            seeds = np.zeros(new.shape, dtype=bool)
+            seeds[tuple(pts[limits == limit].T)] = True
+            touched = np.unique(labels[ndimage.binary_dilation(seeds, structure)])
+            out[np.isin(labels, touched[touched > 0])] = value
     return out
