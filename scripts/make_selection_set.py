@@ -2,10 +2,11 @@
 network was trained on and that no benchmark in the README reports (the folders of
 ``../shared/data`` added for issue 13: left-atrium MRI, spleen CT, spinal cord MR,
 dermoscopy as luminance, SEM axons), one 2D NIfTI image/label pair per object: the largest
-axial slice of a volume, or one connected component of a 2D label. Settings are chosen on
-these, then reported on the unseen dev sets.
+axial slice of a volume, or one connected component of a 2D label (``--dim 3``: the
+volumes whole). Settings are chosen on these, then reported on the unseen dev sets.
 
     .venv/bin/python scripts/make_selection_set.py --out runs/data/select2d
+    .venv/bin/python scripts/make_selection_set.py --dim 3 --out runs/data/select3d
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def volume_objects():
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dim", type=int, choices=(2, 3), default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     for sub in ("images", "labels"):
@@ -63,8 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         img = nib.load(str(image_path))
         image = np.asarray(img.dataobj, dtype=np.float32)
         label = np.asarray(nib.load(str(label_path)).dataobj, dtype=np.float32) >= 0.5
-        save(args.out, name, *largest_slice(image, label, img.header.get_zooms()))
+        if args.dim == 3:
+            nib.save(nib.Nifti1Image(image, img.affine), args.out / "images" / f"{name}.nii.gz")
+            nib.save(nib.Nifti1Image(label.astype(np.uint8), img.affine), args.out / "labels" / f"{name}.nii.gz")
+        else:
+            save(args.out, name, *largest_slice(image, label, img.header.get_zooms()))
         count += 1
+    if args.dim == 3:
+        logger.info("%d selection objects in %s", count, args.out)
+        return 0
     for path in sorted((DATA / "ph2" / "images").iterdir())[:PH2_CASES]:
         image = np.asarray(Image.open(path).convert("L"), dtype=np.float32).T  # (x, y) as LoadImage reads PNG
         label = np.asarray(Image.open(DATA / "ph2" / "labels" / path.name), dtype=np.float32).T > 0

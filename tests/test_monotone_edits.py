@@ -100,6 +100,8 @@ def test_a_reach_limit_keeps_a_background_click_to_its_band():
     removed = previous & ~out
     assert removed[2:6, 2:18].all() and not removed[6:12, 6:14].any() and not removed[12:].any()
     np.testing.assert_array_equal(local_changes(proposal, previous, np.zeros((0, 2), np.int64), click), proposal)
-    grown = previous | np.pad(np.ones((20, 1), bool), ((0, 0), (19, 0)))
-    kept = local_changes(grown, previous, np.zeros((0, 2), np.int64), click, reach=2.0, restrict=(False, True))
-    np.testing.assert_array_equal(kept, grown)  # unrestricted additions are kept whole
+    big = np.zeros((40, 40), bool)
+    big[10:30, 10:30] = True
+    # a foreground click 2 pixels outside may add what is at most 4 deep outside, not the whole grid
+    added = local_changes(np.ones((40, 40), bool), big, np.array([[8, 20]]), np.zeros((0, 2), np.int64), reach=2.0) & ~big
+    assert added[6:10, 10:30].all() and not added[:6].any() and not added[34:].any()

@@ -71,7 +71,7 @@ logger = logging.getLogger(__name__)
 # and 0.07-0.23 s at 48^3, with the same Dice after 5 robot clicks (0.857 vs 0.862).
 WORK_VOXELS = {2: 160 * 160, 3: 48 * 48 * 48}
 WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_work", "background_key": "bg_clicks_work"}
-PROPOSALS = ("ifgc", "gc", "learned")
+PROPOSALS = ("ifgc", "gc", "learned", "geodesic")
 LEARNED_CUTS = ("none", "gc", "ifgc")
 LEARNED_WARM_BATCHES = 8
 
@@ -82,7 +82,10 @@ class RefinementOptions:
 
     Attributes:
         proposal: ``"ifgc"`` (fusion + graph cut), ``"gc"`` (graph cut of the CNN
-            probability) or ``"learned"`` (the refinement U-Net).
+            probability), ``"learned"`` (the refinement U-Net) or ``"geodesic"`` (every
+            voxel takes the label of its nearest seed by :func:`click_distance`: margin
+            points and foreground clicks against background clicks and the box faces
+            inside the image; with ``local``, a click then relabels the region it sits in).
         monotone: combine the proposals by :func:`monotone_masks` (otherwise the proposal
             for all clicks, refining the stage-1 mask, is the answer, as in the paper).
         fusion_margin: the margin points count as foreground clicks in the fusion (paper).
@@ -91,10 +94,9 @@ class RefinementOptions:
         spatial_weight, smoothing: of :func:`click_distance`.
         local: keep only the proposal's changes that touch a click of their label
             (:func:`local_changes`; with ``monotone``).
-        reach_limit: when > 0, a background click removes only voxels no deeper (distance
-            to the previous mask's boundary) than ``reach_limit`` times its own depth,
-            connected to it (:func:`local_changes`; additions too with ``local``; with
-            ``monotone``).
+        reach_limit: when > 0, ``local`` with a depth limit: a click changes only voxels no
+            deeper (distance to the previous mask's boundary) than ``reach_limit`` times its
+            own depth, connected to it (:func:`local_changes`; with ``monotone``).
         depth_reach: a refinement click's spatial term is measured in units of its depth in
             the error region it was placed in (its distance to the previous mask's boundary)
             instead of the box's side, so its reach follows that region's size (with
@@ -522,6 +524,9 @@ class _Refinement:
             clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
             probabilities = self.learned(data, clicks, previous)
             masks = [self._learned_mask(data, fg, bg, prev, p) for (fg, bg), prev, p in zip(clicks, previous, probabilities)]
+        elif self.options.proposal == "geodesic":
+            clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
+            masks = [self._nearest_seed(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
         else:
             clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
             masks = [self._cut(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
@@ -530,11 +535,26 @@ class _Refinement:
         out = []
         for mask, prev, (fg, bg) in zip(masks, previous, clicks):
             if self.options.reach_limit > 0:
-                restrict = (self.options.local, True)
-                out.append(local_changes(mask, prev, fg, bg, self.options.reach_limit, data["work_spacing"], restrict))
+                out.append(local_changes(mask, prev, fg, bg, self.options.reach_limit, data["work_spacing"]))
             else:
                 out.append(local_changes(mask, prev, fg, bg))
         return out
+
+    def _nearest_seed(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """Nearest-seed labelling of one state (the ``geodesic`` proposal); ``previous`` when
+        one kind of seed is missing (nothing to compete with)."""
+        size = data["work_image"].shape[1:]
+        border = box_border(size, data["work_box"], data["work_original_shape"])
+        fg_sets = [p[None] for p in fg] + ([data["margin_points_work"]] if len(data["margin_points_work"]) else [])
+        bg_sets = [p[None] for p in bg] + ([border] if len(border) else [])
+        if not fg_sets or not bg_sets:
+            return np.asarray(previous, dtype=bool)
+        d_fg = np.minimum.reduce([self.distances.distance(data, p) for p in fg_sets])
+        d_bg = np.minimum.reduce([self.distances.distance(data, p) for p in bg_sets])
+        mask = d_fg < d_bg
+        mask[tuple(fg.T)] = True
+        mask[tuple(bg.T)] = False
+        return mask
 
     def _learned_mask(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray, probability: np.ndarray) -> np.ndarray:
         """One state's mask from the learned proposal's probability (``learned_cut``)."""

@@ -118,7 +118,6 @@ def local_changes(
     background: np.ndarray,
     reach: float = np.inf,
     spacing: Sequence[float] | None = None,
-    restrict: tuple[bool, bool] = (True, True),
 ) -> np.ndarray:
     """``proposal`` reduced to the changes a click asked for: relative to ``previous``, keep
     the added connected regions that contain or touch a foreground click and the removed
@@ -136,8 +135,6 @@ def local_changes(
         foreground, background: ``(N, ndim)`` click voxel indices.
         reach: how many times its own depth a click may reach.
         spacing: voxel size for the depths (ones when omitted).
-        restrict: whether additions (foreground clicks) and removals (background clicks)
-            are restricted; an unrestricted kind of change is kept whole.
 
     Returns:
         bool mask.
@@ -145,10 +142,7 @@ def local_changes(
     new, old = np.asarray(proposal) > 0, np.asarray(previous) > 0
     out = old.copy()
     structure = ndimage.generate_binary_structure(new.ndim, new.ndim)
-    for change, points, value, restricted in ((new & ~old, foreground, True, restrict[0]), (old & ~new, background, False, restrict[1])):
-        if not restricted:
-            out[change] = value
-            continue
+    for change, points, value in ((new & ~old, foreground, True), (old & ~new, background, False)):
         pts = np.asarray(points, dtype=np.int64).reshape(-1, new.ndim)
         if not len(pts) or not change.any():
             continue
