@@ -7,6 +7,7 @@ the largest reference area, 3D on the whole object."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -141,3 +142,32 @@ def test_an_uploaded_mask_in_2d_is_refined_by_the_clicks(tmp_path):
     print(f"2D upload: {leak.sum()} leak pixels, {removed:.0%} removed by 2 background clicks, "
           f"{(ref & ~mask).sum()} object pixels lost")
     assert removed > 0.5 and (ref & ~mask).sum() <= 0.05 * ref.sum()
+
+
+def test_new_refinement_weights_are_picked_up_by_a_running_task(tmp_path):
+    """Publishing other refinement weights (as the click trainer does, atomically) changes
+    the next answer of a task that already answered: no stale network, no stale cache."""
+    import shutil
+    import time
+
+    import torch
+
+    image, ref, spacing = _case("brain_t1.nii.gz", 2)
+    for name in ("midepseg_2d.pt", "midepseg_2d_refine.pt"):
+        shutil.copy(APP / "model" / name, tmp_path / name)
+    method = MIDeepSegMethod(2, model_dir=tmp_path)
+    try:
+        result = run_protocol(method, image, ref, spacing, 2, keep_masks=(2,))
+        fg = [c["point"] for c in result.clicks if c["foreground"]]
+        bg = [c["point"] for c in result.clicks if not c["foreground"]]
+        again = method.segment(image, spacing, result.margin_points, np.reshape(fg, (-1, 2)), np.reshape(bg, (-1, 2)))
+        np.testing.assert_array_equal(again, result.masks[2])
+        state = torch.load(tmp_path / "midepseg_2d_refine.pt", weights_only=True)
+        state["model"] = {k: torch.zeros_like(v) for k, v in state["model"].items()}  # a network that answers 0.5
+        time.sleep(0.01)
+        torch.save(state, tmp_path / "midepseg_2d_refine.tmp")
+        os.replace(tmp_path / "midepseg_2d_refine.tmp", tmp_path / "midepseg_2d_refine.pt")
+        changed = method.segment(image, spacing, result.margin_points, np.reshape(fg, (-1, 2)), np.reshape(bg, (-1, 2)))
+    finally:
+        method.close()
+    assert (changed != result.masks[2]).any(), "the task kept answering with the old refinement weights"

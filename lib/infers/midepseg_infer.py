@@ -473,7 +473,8 @@ class _Refinement:
 
     def _state_key(self, data: dict, state: tuple[int, int]) -> tuple:
         i, j = state
-        return (data["work_cache_key"], data["stage1_key"], data.get("lamda"), data.get("sigma"),
+        weights = MIDeepSegInfer._model_mtime(self.learned.path) if self.learned is not None else None
+        return (data["work_cache_key"], data["stage1_key"], weights, data.get("lamda"), data.get("sigma"),
                 data["fg_clicks_work"][:i].tobytes(), data["bg_clicks_work"][:j].tobytes())
 
     def _cut(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray | None,
@@ -597,14 +598,18 @@ class _LearnedProposal:
         base = task.path[0] if isinstance(task.path, (list, tuple)) and task.path else task.path
         self.path = path or (str(base).replace(".pt", "_refine.pt") if base else None)
         self._network: torch.nn.Module | None = None
+        self._loaded: tuple | None = None  # (device, weights file mtime) of the network held
         self._lock = threading.Lock()
 
     def network(self, device: str) -> torch.nn.Module:
-        """The refinement U-Net; without its weights file, one initialised from the stage-1
+        """The refinement U-Net, reloaded when its weights file changes (a training run
+        publishes it atomically); without the file, one initialised from the stage-1
         network (:func:`refinement_from_stage1`: it answers what stage 1 answers, and the
         clicks then act through the monotone combination's hard labels only)."""
         with self._lock:
-            if self._network is None:
+            loaded = (str(device), MIDeepSegInfer._model_mtime(self.path))
+            if self._network is None or loaded != self._loaded:
+                self._loaded = loaded
                 if self.path and os.path.exists(self.path):
                     net = midepseg_unet(self.task.dimension, REFINEMENT_IN_CHANNELS)
                     net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True)["model"])
