@@ -34,3 +34,32 @@ def test_refinement_starts_as_stage1_and_training_publishes_weights(tmp_path):
     first = next(p for name, p in net.state_dict().items() if name.endswith("conv.weight"))
     assert first.shape[1] == REFINEMENT_IN_CHANNELS and float(first[:, 2:].abs().sum()) > 0, "the click channels learned nothing"
     assert set(curves["val"][0]) == {0, 1, 3, 5}
+
+
+def test_a_coarser_refinement_grid_trains_in_bfloat16_and_the_infer_task_uses_it(tmp_path):
+    """``--grid`` and ``--precision bfloat16`` (the 3D recipe's options, here on 2D disks):
+    the checkpoint records its grid, and the infer task runs the network on that grid,
+    resampling the stage-1 crop to it."""
+    from pathlib import Path
+
+    from lib.benchmark.methods import MIDeepSegMethod
+    from lib.benchmark.protocol import run_protocol
+
+    app_model = Path(__file__).resolve().parents[1] / "apps" / "midepseg" / "model"
+    objects = []
+    for k in range(3):
+        mask = ellipsoid_mask((70, 70), (35 + k, 33), 14 + 2 * k)
+        objects.append(TrainObject(f"disk{k}", noisy_image(mask, seed=k)[0], mask, np.ones(2)))
+    out = tmp_path / "refine.pt"
+    train(objects[:2], objects[2:], 2, str(app_model / "midepseg_2d.pt"), str(out), minutes=0.1, batch_size=2, lr=1e-3,
+          max_rounds=1, jitter=0.3, val_every=1, grid=(48, 40), precision="bfloat16")
+    assert torch.load(out, map_location="cpu", weights_only=True)["grid"] == [48, 40]
+    mask = ellipsoid_mask((90, 90), (45, 44), 20)
+    image = noisy_image(mask, seed=7)[0]
+    method = MIDeepSegMethod(2, "learned", conf={"refinement_model": str(out)})
+    try:
+        result = run_protocol(method, image, mask, None, 2, keep_masks=(0, 1, 2))
+        assert method.task._learned.grid == (48, 40)
+    finally:
+        method.close()
+    assert result.masks[2].shape == mask.shape and len(result.clicks) >= 1

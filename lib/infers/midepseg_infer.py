@@ -224,7 +224,7 @@ class MIDeepSegInfer(BasicInferTask):
         if self._learned is not None:
             refine = self._learned.network(device)
             for batch in range(1, LEARNED_WARM_BATCHES + 1):
-                shape = (batch, REFINEMENT_IN_CHANNELS, *self.spatial_size)
+                shape = (batch, REFINEMENT_IN_CHANNELS, *self._learned.grid)
                 predict_probability(refine, torch.zeros(shape, device=device), dtype)
         logger.info("%dD network ready on %s (%s) in %.1f s", self.dimension, device, dtype, time.perf_counter() - start)
 
@@ -588,9 +588,12 @@ class _Refinement:
 
 class _LearnedProposal:
     """Foreground probabilities of the learned refinement U-Net for a batch of states: the
-    stage-1 crop (network grid) plus the EGDs of the state's clicks and its previous mask
-    (:func:`refinement_input`), resampled to the work grid. The EGD of each click set is
-    cached: the states of a new click share one click list's prefix."""
+    stage-1 crop plus the EGDs of the state's clicks and its previous mask
+    (:func:`refinement_input`) on the refinement network's grid (its checkpoint's
+    ``"grid"``, default the stage-1 grid; on another grid the stage-1 crop is resampled and
+    z-scored again and the margin EGD recomputed there, as the trainer builds its crops),
+    resampled to the work grid. The EGD of each click set is cached: the states of a new
+    click share one click list's prefix."""
 
     def __init__(self, task: MIDeepSegInfer, path: str | None) -> None:
         self.task = task
@@ -599,6 +602,7 @@ class _LearnedProposal:
         self.path = path or (str(base).replace(".pt", "_refine.pt") if base else None)
         self._network: torch.nn.Module | None = None
         self._loaded: tuple | None = None  # (device, weights file mtime) of the network held
+        self.grid: tuple[int, ...] = tuple(task.spatial_size)
         self._lock = threading.Lock()
 
     def network(self, device: str) -> torch.nn.Module:
@@ -610,9 +614,12 @@ class _LearnedProposal:
             loaded = (str(device), MIDeepSegInfer._model_mtime(self.path))
             if self._network is None or loaded != self._loaded:
                 self._loaded = loaded
+                self.grid = tuple(self.task.spatial_size)
                 if self.path and os.path.exists(self.path):
+                    checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
                     net = midepseg_unet(self.task.dimension, REFINEMENT_IN_CHANNELS)
-                    net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True)["model"])
+                    net.load_state_dict(checkpoint["model"])
+                    self.grid = tuple(int(n) for n in checkpoint.get("grid", self.grid))
                 else:
                     logger.warning("refinement 'learned': no weights at %s, using the stage-1 network", self.path)
                     net = refinement_from_stage1(self.task._get_network("cpu", None).state_dict(), self.task.dimension)
@@ -620,13 +627,15 @@ class _LearnedProposal:
             return self._network
 
     def __call__(self, data: dict, clicks, previous) -> list[np.ndarray]:
-        grid = self.task.spatial_size
+        device = str(data.get("device", "cpu"))
+        network = self.network(device)
+        grid = self.grid
         work_size = data["work_image"].shape[1:]
-        image, cue = data["stage1_input"]
         work_box = np.stack([np.zeros(len(work_size), np.int64), np.asarray(work_size)])  # the same box, on the work grid
+        image, cue = self._stage1_crop(data, grid, work_box)
 
         def click_cue(points: np.ndarray) -> np.ndarray:
-            key = (data["stage1_key"], points.tobytes())
+            key = (data["stage1_key"], grid, points.tobytes())
             cached = self._cues.get(key)
             if cached is None:
                 cached = cue_map(image, points, "egd")
@@ -638,7 +647,20 @@ class _LearnedProposal:
             grid_fg, grid_bg = (points_to_crop(p, work_box, grid) for p in (fg, bg))
             prev_grid = resample(np.asarray(prev, dtype=np.float32)[None], grid, "bilinear")[0]
             inputs.append(refinement_input(image, cue, grid_fg, grid_bg, prev_grid, click_cue=click_cue))
-        device = str(data.get("device", "cpu"))
         x = torch.as_tensor(np.stack(inputs)).to(device)
-        prob = predict_probability(self.network(device), x, inference_dtype(self.task.precision, device))[:, 1].cpu().numpy()
+        prob = predict_probability(network, x, inference_dtype(self.task.precision, device))[:, 1].cpu().numpy()
         return list(resample(prob, work_size, "bilinear"))
+
+    def _stage1_crop(self, data: dict, grid: tuple[int, ...], work_box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(image, margin EGD) of the stage-1 crop on ``grid`` (cached per stage-1 result)."""
+        image, cue = data["stage1_input"]
+        if tuple(image.shape) == grid:
+            return image, cue
+        key = ("stage1 crop", data["stage1_key"], grid)
+        cached = self._cues.get(key)
+        if cached is None:
+            small = resample(image[None], grid, "bilinear")[0]
+            small = ((small - small.mean()) / (small.std() or 1.0)).astype(np.float32)
+            cached = (small, cue_map(small, points_to_crop(data["margin_points_work"], work_box, grid), "egd"))
+            self._cues.put(key, cached)
+        return cached

@@ -16,7 +16,11 @@ DeepIGeoS' R-Net and RITM: per batch,
 
 Validation: held-out objects (by subject), deterministic margin points, robot clicks;
 Dice after 1, 3 and 5 clicks on the network grid. The best checkpoint (mean of those) is
-published atomically as ``{"model": state_dict}``.
+published atomically as ``{"model": state_dict, "grid": [...]}``: ``--grid`` may be coarser
+than the stage-1 grid (3D: 64x64x48 instead of 96x96x64, a quarter of the cost per pass,
+so that a click stays interactive), and the infer task resamples the stage-1 crop to it.
+``--precision bfloat16`` runs the forward passes under CPU autocast (on a CPU with native
+bfloat16 a 3D step took 2.2-2.5 s instead of 3.6-4.3 s at 96x96x64, batch 2).
 
     python -m lib.trainers.refinement_train --dim 2 --images runs/data/mix2d/images \\
         --labels runs/data/mix2d/labels --minutes 50 --out apps/midepseg/model/midepseg_2d_refine.pt
@@ -223,12 +227,21 @@ def train(
     val_every: int,
     seed: int = 0,
     resume: str | None = None,
+    grid: Sequence[int] | None = None,
+    precision: str = "float32",
 ) -> dict:
     """Train for ``minutes`` of wall time; returns the curves (also written beside ``out_path``).
-    ``resume``: start from these refinement weights instead of the stage-1 ones."""
+    ``resume``: start from these refinement weights instead of the stage-1 ones; ``grid``:
+    the network grid (default: the stage-1 one); ``precision``: ``float32`` or
+    ``bfloat16`` (CPU autocast of the forward passes)."""
     rng = np.random.RandomState(seed)
     torch.manual_seed(seed)
-    size = DEFAULT_SPATIAL_SIZE[dim]
+    size = tuple(grid or DEFAULT_SPATIAL_SIZE[dim])
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+    def autocast() -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
     state = torch.load(stage1_path, map_location="cpu", weights_only=True)["model"]
     stage1 = midepseg_unet(dim)
     stage1.load_state_dict(state)
@@ -258,12 +271,14 @@ def train(
                 s.click(rng, jitter)
             x = torch.as_tensor(np.stack([s.network_input() for s in sessions]))
             if r < rounds:
-                with torch.no_grad():
+                with torch.no_grad(), autocast():
                     for s, m in zip(sessions, _masks(net(x))):
                         s.mask = m
                 continue
             y = torch.as_tensor(np.stack([s.crop["label"] for s in sessions])[:, None].astype(np.float32))
-            loss = loss_fn(net(x), y)
+            with autocast():
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -280,7 +295,7 @@ def train(
             losses = []
             if score > best:
                 best = score
-                save_atomic({"model": net.state_dict()}, out_path)
+                save_atomic({"model": net.state_dict(), "grid": list(size)}, out_path)
             Path(out_path).with_suffix(".curves.json").write_text(json.dumps(curves, indent=1))
     return curves
 
@@ -302,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", type=Path, help="continue from these refinement weights")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", type=int, nargs="+", help="network grid (default: the stage-1 grid)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -313,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     val_objects = load_objects([(d["image"], d["label"]) for d in val_list], args.dim)
     logger.info("%d training and %d validation objects", len(objects), len(val_objects))
     train(objects, val_objects, args.dim, str(stage1), str(args.out), args.minutes, args.batch_size, args.lr,
-          args.max_rounds, args.jitter, args.val_every, args.seed, str(args.resume) if args.resume else None)
+          args.max_rounds, args.jitter, args.val_every, args.seed, str(args.resume) if args.resume else None,
+          args.grid, args.precision)
     return 0
 
 
