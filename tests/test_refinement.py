@@ -171,3 +171,24 @@ def test_new_refinement_weights_are_picked_up_by_a_running_task(tmp_path):
     finally:
         method.close()
     assert (changed != result.masks[2]).any(), "the task kept answering with the old refinement weights"
+
+
+def test_the_shipped_3d_learned_refinement_runs_on_its_own_grid_and_helps():
+    """``--conf refinement learned`` in 3D: the shipped network runs on the 64 x 64 x 48 grid
+    its checkpoint records, each click is monotone, and 3 clicks beat the do-nothing
+    refinement on the unseen ventricle (measured 0.805 against 0.743)."""
+    image, ref, spacing = _case("brain_t1.nii.gz", 3)
+    method = MIDeepSegMethod(3, "learned")
+    try:
+        result = run_protocol(method, image, ref, spacing, 3, keep_masks=range(4))
+        assert method.task._learned.grid == (64, 64, 48)
+    finally:
+        method.close()
+    for k, click in enumerate(result.clicks, start=1):
+        before, after = result.masks[k - 1].astype(bool), result.masks[k].astype(bool)
+        assert not ((before & ~after) if click["foreground"] else (after & ~before)).any()
+    fg = [c["point"] for c in result.clicks if c["foreground"]]
+    bg = [c["point"] for c in result.clicks if not c["foreground"]]
+    nothing = dice(force_clicks(result.masks[0], result.margin_points, fg, bg), ref)
+    print(f"3D learned: stage 1 {result.dice[0]:.3f}, forced clicks {nothing:.3f}, refined {result.dice[3]:.3f}")
+    assert result.dice[3] > nothing + 0.03
