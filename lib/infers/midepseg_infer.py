@@ -135,8 +135,9 @@ REFINEMENTS = {
         depth_reach=True, spatial_weight=1.0
     ),
 }
-# The default per dimension: the learned refinement where its weights ship (2D), the repaired
-# IF-GC elsewhere; chosen by the click benchmark (README, "Corrective clicks").
+# The default per dimension: learned + IF-GC in 2D (chosen on the selection set), the repaired
+# IF-GC in 3D (the 3D learned refinement, selectable, lowers the held-out tumour); README,
+# "Corrective clicks".
 DEFAULT_REFINEMENT = {2: "learned_ifgc", 3: "ifgc_repaired"}
 
 
@@ -521,15 +522,13 @@ class _Refinement:
 
     def propose(self, data: dict, states, previous) -> list[np.ndarray]:
         fg_all, bg_all = data["fg_clicks_work"], data["bg_clicks_work"]
+        clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
         if self.options.proposal == "learned" and "stage1_input" in data:  # not for an uploaded label
-            clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
             probabilities = self.learned(data, clicks, previous)
             masks = [self._learned_mask(data, fg, bg, prev, p) for (fg, bg), prev, p in zip(clicks, previous, probabilities)]
         elif self.options.proposal == "geodesic":
-            clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
             masks = [self._nearest_seed(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
         else:
-            clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
             masks = [self._cut(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
         if not (self.options.local or self.options.reach_limit > 0):
             return masks
