@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from fastapi import HTTPException
-from monai.transforms import Compose
+from monai.transforms import Compose, NormalizeIntensity
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.writer import Writer, write_itk
@@ -472,9 +472,9 @@ class _Refinement:
         self._masks = LRUCache(1024)
         self._euclid = LRUCache(64)  # a click's Euclidean distance map (mm) on the work grid
 
-    def _state_key(self, data: dict, state: tuple[int, int]) -> tuple:
+    def _state_key(self, data: dict, state: tuple[int, int], weights: float | None) -> tuple:
+        """The cache key of one state's mask; ``weights``: the learned network's version."""
         i, j = state
-        weights = MIDeepSegInfer._model_mtime(self.learned.path) if self.learned is not None else None
         return (data["work_cache_key"], data["stage1_key"], weights, data.get("lamda"), data.get("sigma"),
                 data["fg_clicks_work"][:i].tobytes(), data["bg_clicks_work"][:j].tobytes())
 
@@ -567,9 +567,10 @@ class _Refinement:
 
     def __call__(self, data: dict) -> dict:
         n, m = len(data["fg_clicks_work"]), len(data["bg_clicks_work"])
+        weights = MIDeepSegInfer._model_mtime(self.learned.path) if self.learned is not None else None
         known = {}
         for state in ((i, j) for i in range(n + 1) for j in range(m + 1)):
-            cached = self._masks.get(self._state_key(data, state))
+            cached = self._masks.get(self._state_key(data, state, weights))
             if cached is not None:
                 known[state] = cached
         if (0, 0) not in known:
@@ -580,7 +581,7 @@ class _Refinement:
         masks = monotone_masks(n, m, known[(0, 0)], lambda states, prev: self.propose(data, states, prev), known)
         for state, mask in masks.items():
             if state not in known:
-                self._masks.put(self._state_key(data, state), mask)
+                self._masks.put(self._state_key(data, state, weights), mask)
         data["pred"] = masks[(n, m)].astype(np.uint8)[None]
         return data
 
@@ -658,8 +659,7 @@ class _LearnedProposal:
         key = ("stage1 crop", data["stage1_key"], grid)
         cached = self._cues.get(key)
         if cached is None:
-            small = resample(image[None], grid, "bilinear")[0]
-            small = ((small - small.mean()) / (small.std() or 1.0)).astype(np.float32)
+            small = np.asarray(NormalizeIntensity()(resample(image[None], grid, "bilinear")[0]), dtype=np.float32)
             cached = (small, cue_map(small, points_to_crop(data["margin_points_work"], work_box, grid), "egd"))
             self._cues.put(key, cached)
         return cached

@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
+from monai.transforms import NormalizeIntensity
 from scipy import ndimage
 
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet, refinement_from_stage1
@@ -105,8 +106,8 @@ def load_objects(pairs: Sequence[tuple[str, str]], dim: int) -> list[TrainObject
 
 
 def _zscore(image: np.ndarray) -> np.ndarray:
-    std = float(image.std())
-    return ((image - image.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+    """Zero mean, unit variance: MONAI's ``NormalizeIntensity``, as stage 1 normalises its crop."""
+    return np.asarray(NormalizeIntensity()(image), dtype=np.float32)
 
 
 def _augment_intensity(image: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
