@@ -7,6 +7,10 @@ relaxed box still crops, but the margin points carry no shape information). Marg
 are the deterministic extreme points of the reference, moved inwards.
 
     python scripts/evaluate_generalisation.py --out runs/eval   # writes results.json + results.md
+
+``--folder DIR`` evaluates every image/label pair of ``DIR``/images and ``DIR``/labels instead
+(e.g. the held-out types of ``make_selection_set.py``), grouped by the file name's part before
+the first ``-`` (the object type).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from monai.transforms import LoadImage  # noqa: E402
 
 from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig  # noqa: E402
 from lib.metrics import dice  # noqa: E402
-from lib.networks import PRECISIONS, midepseg_unet  # noqa: E402
+from lib.networks import PRECISIONS, WrappedNetwork, midepseg_unet  # noqa: E402
 from lib.trainers.midepseg_train import group_partition  # noqa: E402
 from lib.transforms.margin_points import extreme_margin_points  # noqa: E402
 
@@ -51,23 +55,13 @@ BRAIN_STRUCTURES = {
 CT_ORGANS = {1: "spleen", 2: "right kidney", 3: "left kidney", 5: "liver", 6: "stomach"}
 
 
-class CueZeroed(torch.nn.Module):
+class CueZeroed(WrappedNetwork):
     """The trained network fed a zero cue channel (box-only input)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         x[:, 1] = 0
         return self.net(x)
-
-    def state_dict(self, *args, **kwargs):
-        return self.net.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def make_tasks(config_class, name: str, model_dir: Path, precision: str = "auto") -> dict:
@@ -128,6 +122,15 @@ def cases_3d() -> list[dict]:
     return cases
 
 
+def cases_folder(folder: Path) -> list[dict]:
+    """Every pair of ``folder``/images and ``folder``/labels, grouped by the name's type prefix."""
+    return [
+        {"group": path.name.split("-")[0], "image": str(path), "label": str(folder / "labels" / path.name), "name": path.name.split(".")[0]}
+        for path in sorted((folder / "images").iterdir())
+        if (folder / "labels" / path.name).exists()
+    ]
+
+
 def reference(case: dict, loader: LoadImage) -> tuple[np.ndarray, np.ndarray]:
     """Binary reference (as MONAI loads it, i.e. in the server's voxel order) and spacing."""
     label = loader(case["label"])
@@ -138,12 +141,15 @@ def reference(case: dict, loader: LoadImage) -> tuple[np.ndarray, np.ndarray]:
     return mask, spacing
 
 
-def evaluate(dim: int, model_dir: Path, limit_hc18: int | None, precision: str = "auto") -> list[dict]:
+def evaluate(dim: int, model_dir: Path, limit_hc18: int | None, precision: str = "auto", folder: Path | None = None) -> list[dict]:
     config = MIDeepSeg2DConfig if dim == 2 else MIDeepSeg3DConfig
     tasks = make_tasks(config, f"midepseg_{dim}d", model_dir, precision)
     loader = LoadImage(image_only=True)
     rows = []
-    cases = cases_2d() if dim == 2 else cases_3d()
+    if folder is not None:
+        cases = cases_folder(folder)
+    else:
+        cases = cases_2d() if dim == 2 else cases_3d()
     if dim == 2 and limit_hc18:
         hc = [c for c in cases if c["group"].startswith("HC18")][:limit_hc18]
         cases = hc + [c for c in cases if not c["group"].startswith("HC18")]
@@ -190,6 +196,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="network compute precision (lib/networks.py)")
     parser.add_argument("--limit-hc18", type=int, default=None, help="evaluate only the first N HC18 validation images")
+    parser.add_argument("--folder", type=Path, default=None, help="evaluate the image/label pairs of this folder (one --dims)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("monailabel", "monai"):
@@ -199,7 +206,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results, tables = {}, []
     for dim in args.dims:
-        rows = evaluate(dim, args.model_dir, args.limit_hc18, args.precision)
+        rows = evaluate(dim, args.model_dir, args.limit_hc18, args.precision, args.folder)
         results[f"{dim}d"] = rows
         tables.append(summary(rows, dim))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

@@ -3,9 +3,11 @@ development data and the folders written by ``prepare_brats.py``/``prepare_anato
 leaving out everything the generalisation check and the tests report as held out:
 
 * ``--dim 2``: HC18 images except the validation subjects of
-  ``scripts/evaluate_generalisation.py`` (same split), plus ``--anatomy`` 2D slices;
+  ``scripts/evaluate_generalisation.py`` (same split; ``--hc18-max`` keeps every n-th
+  subject's images so that one object type does not dominate), plus ``--anatomy`` 2D slices;
 * ``--dim 3``: ``--brats`` objects except those of the held-out case ``pat0005``, plus
-  ``--anatomy`` volumes.
+  ``--anatomy`` volumes;
+* both: the class-agnostic objects of ``--generic`` (``prepare_generic_objects.py``), if given.
 
     python scripts/make_training_mix.py --dim 3 --brats runs/data/brats3d --anatomy runs/data/anatomy3d --out runs/data/mix3d
 """
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, choices=(2, 3), required=True)
     parser.add_argument("--anatomy", type=Path, required=True, help="output of prepare_anatomy.py")
     parser.add_argument("--brats", type=Path, help="3D: output of prepare_brats.py")
+    parser.add_argument("--generic", type=Path, help="output of prepare_generic_objects.py")
+    parser.add_argument("--hc18-max", type=int, help="2D: at most about this many HC18 images")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -53,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     pairs = folder_pairs(args.anatomy)
     if args.dim == 2:
         train, _ = hc18_split()
+        if args.hc18_max and len(train) > args.hc18_max:
+            train = train[:: -(-len(train) // args.hc18_max)]
         pairs += [(Path(d["image"]), Path(d["label"])) for d in train]
     else:
         if args.brats is None:
             parser.error("--dim 3 needs --brats")
         pairs += [pair for pair in folder_pairs(args.brats) if not pair[0].name.startswith(HELD_OUT_BRATS)]
+    if args.generic:
+        pairs += folder_pairs(args.generic)
     logger.info("%d training pairs in %s", link(pairs, args.out), args.out)
     return 0
 

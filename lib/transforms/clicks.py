@@ -12,9 +12,11 @@ from typing import Mapping
 
 import numpy as np
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
+from .crop import spacing_of
 from .validation import as_points, check_image, stacked_points, unique_points, validate_points
 
 MIN_MARGIN_POINTS = 2
@@ -107,7 +109,9 @@ class SelectSliced(MapTransform):
 
     The clicks (``(N, 3)`` voxel indices) must all share their coordinate along
     ``slice_axis`` (Slicer and OHIF send the points of the current slice). The image in
-    ``keys`` (``(C, H, W, D)``) becomes that slice ``(C, *remaining)``, the clicks lose that
+    ``keys`` (``(C, H, W, D)``) becomes that slice ``(C, *remaining)``, a MetaTensor whose
+    affine carries the volume's spacing along the two remaining axes (so the relaxed box,
+    the distances and the graph cut work in mm on any slice axis), the clicks lose that
     coordinate, and ``data["slice"]`` records ``(axis, index, volume_shape)`` for
     :class:`PasteSliced`. 2D images pass unchanged.
     """
@@ -148,8 +152,11 @@ class SelectSliced(MapTransform):
             k = int(slices[0])
             if not 0 <= k < shape[axis]:
                 raise ValueError(f"slice index {k} lies outside the image of shape {tuple(shape)}")
-            image = convert_to_numpy(d[key])
-            d[key] = check_image(np.take(image, k, axis=axis + 1), name=f"slice {k}")
+            in_plane = np.delete(spacing_of(d, key), axis)
+            image = check_image(np.take(convert_to_numpy(d[key]), k, axis=axis + 1), name=f"slice {k}")
+            d[key] = MetaTensor(image, affine=np.diag([*in_plane, 1.0, 1.0]))
+            if d.get("spacing") is not None:
+                d["spacing"] = in_plane
             for name, p in points.items():
                 d[name] = np.delete(p, axis, axis=1)
             d["slice"] = (axis, k, tuple(int(s) for s in shape))
