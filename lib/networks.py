@@ -37,31 +37,6 @@ def midepseg_unet(spatial_dims: int, in_channels: int = IN_CHANNELS) -> BasicUNe
     )
 
 
-class WrappedNetwork(torch.nn.Module):
-    """A network with something around its forward pass whose weights are exactly the inner
-    network's: ``state_dict``/``load_state_dict`` pass through, so checkpoints written or
-    read through the wrapper are plain U-Net files."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def state_dict(self, *args, **kwargs):
-        return self.net.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-class BFloat16Autocast(WrappedNetwork):
-    """The forward pass under CPU bfloat16 autocast, logits returned as float32 (training on
-    a CPU with native bfloat16: ``train_cli.py --precision bfloat16``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self.net(x).float()
-
-
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 

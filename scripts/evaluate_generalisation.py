@@ -34,7 +34,7 @@ from monai.transforms import LoadImage  # noqa: E402
 
 from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig  # noqa: E402
 from lib.metrics import dice  # noqa: E402
-from lib.networks import PRECISIONS, WrappedNetwork, midepseg_unet  # noqa: E402
+from lib.networks import PRECISIONS, midepseg_unet  # noqa: E402
 from lib.trainers.midepseg_train import group_partition  # noqa: E402
 from lib.transforms.margin_points import extreme_margin_points  # noqa: E402
 
@@ -55,13 +55,23 @@ BRAIN_STRUCTURES = {
 CT_ORGANS = {1: "spleen", 2: "right kidney", 3: "left kidney", 5: "liver", 6: "stomach"}
 
 
-class CueZeroed(WrappedNetwork):
+class CueZeroed(torch.nn.Module):
     """The trained network fed a zero cue channel (box-only input)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         x[:, 1] = 0
         return self.net(x)
+
+    def state_dict(self, *args, **kwargs):
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def make_tasks(config_class, name: str, model_dir: Path, precision: str = "auto") -> dict:

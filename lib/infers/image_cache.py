@@ -14,6 +14,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform
 
+from lib.transforms.intensity import Luminanced
 from lib.transforms.validation import check_image
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class LRUCache:
 
 
 class ImageLoader:
-    """Loads image files as channel-first float32 MetaTensors, checked once
+    """Loads image files as channel-first float32 MetaTensors (2D RGB/RGBA as luminance:
+    :class:`lib.transforms.intensity.Luminanced`), checked once
     (:func:`check_image`) and kept in an LRU cache keyed by path, size and modification time.
 
     One loader is shared by all infer tasks, so the 2D and 3D models reuse one copy, and a
@@ -55,6 +57,7 @@ class ImageLoader:
         self._cache = LRUCache(capacity)
         self._read = LoadImage(image_only=True, dtype=np.float32)
         self._channel_first = EnsureChannelFirst()
+        self._luminance = Luminanced("image")
         self._locks: dict[tuple, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -90,6 +93,7 @@ class ImageLoader:
             raise ValueError(f"cannot read image {os.path.basename(path)!r}: {type(e).__name__}") from e
         if not isinstance(image, MetaTensor):
             image = MetaTensor(image)
+        image = self._luminance({"image": image})["image"]  # a 2D colour image: one channel
         check_image(image.array, name=os.path.basename(path))
         logger.debug("loaded %s in %.2f s", path, time.perf_counter() - start)
         return image

@@ -40,6 +40,7 @@ from monai.transforms import (
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.trainers.handlers import AtomicPublisher, LearningCurves
+from lib.transforms.intensity import Luminanced
 from lib.transforms.margin_points import ExtremeMarginPointsd, SimulateMarginPointsd
 from lib.transforms.cues import check_encoding
 from lib.transforms.stage1 import crop_transforms, cue_transforms
@@ -173,6 +174,7 @@ class MIDeepSegTrain(BasicTrainTask):
         return [
             LoadImaged(keys=["image", "label"]),
             EnsureChannelFirstd(keys=["image", "label"]),
+            Luminanced(keys="image"),
             AsDiscreted(keys="label", threshold=0.5),
             CropForegroundd(
                 keys=["image", "label"], source_key="label", margin=OBJECT_CONTEXT[self.spatial_dims], allow_smaller=True

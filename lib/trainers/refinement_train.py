@@ -48,6 +48,7 @@ from lib.metrics import dice
 from lib.trainers.midepseg_train import OBJECT_CONTEXT, group_partition
 from lib.transforms.crop import crop_and_resize, points_to_crop, relaxed_box, resample
 from lib.transforms.cues import cue_map
+from lib.transforms.intensity import luminance
 from lib.transforms.margin_points import extreme_margin_points, simulate_margin_points
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.robot_user import corrective_click
@@ -71,7 +72,8 @@ class TrainObject:
 
 
 def load_objects(pairs: Sequence[tuple[str, str]], dim: int) -> list[TrainObject]:
-    """Load (image, label) file pairs; colour images become grey; each is cropped to its
+    """Load (image, label) file pairs; colour images become luminance (as the server reads
+    them); each is cropped to its
     object's bounding box grown by ``OBJECT_CONTEXT`` voxels and shrunk to at most
     ``MAX_SIDE`` voxels per side."""
     from monai.transforms import LoadImage
@@ -81,8 +83,8 @@ def load_objects(pairs: Sequence[tuple[str, str]], dim: int) -> list[TrainObject
     for image_path, label_path in pairs:
         img = load(image_path)
         arr = np.asarray(img, dtype=np.float32)
-        if arr.ndim == dim + 1 and arr.shape[-1] in (3, 4):
-            arr = arr[..., :3].mean(axis=-1)
+        if dim == 2 and arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            arr = luminance(np.moveaxis(arr, -1, 0))[0]
         label = np.asarray(load(label_path)) > 0.5
         if label.ndim == dim + 1 and label.shape[-1] in (3, 4):
             label = label[..., 0]

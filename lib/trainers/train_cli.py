@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from monailabel.datastore.local import LocalDatastore
 
-from lib.networks import DEFAULT_SPATIAL_SIZE, BFloat16Autocast, midepseg_unet
+from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
 from lib.trainers.midepseg_train import MIDeepSegTrain
 from lib.transforms.cues import CUE_ENCODINGS
 
@@ -69,8 +69,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--from-scratch", action="store_true", help="ignore an existing published model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cue", choices=CUE_ENCODINGS, default="egd", help="cue encoding of the margin points (ablation)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16: forward passes under CPU autocast (for CPUs with native bfloat16)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
@@ -81,12 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     datastore = link_datastore(args.images, args.labels, work / "datastore")
     spatial_size = tuple(args.spatial_size) if args.spatial_size else DEFAULT_SPATIAL_SIZE[args.dim]
-    network = midepseg_unet(args.dim)
-    if args.precision == "bfloat16":
-        network = BFloat16Autocast(network)
     task = MIDeepSegTrain(
         model_dir=str(work / "runs"),
-        network=network,
+        network=midepseg_unet(args.dim),
         spatial_dims=args.dim,
         spatial_size=spatial_size,
         publish_path=str(args.output),
