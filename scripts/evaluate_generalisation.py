@@ -8,6 +8,10 @@ are the deterministic extreme points of the reference, moved inwards.
 
     python scripts/evaluate_generalisation.py --out runs/eval   # writes results.json + results.md
 
+``--baselines geodesic litemedsam`` adds the classic geodesic nearest-seed labelling and
+LiteMedSAM (box of the same points; a benchmark-only extra) from ``lib/benchmark/methods.py``
+on the same margin points (2D; geodesic also 3D).
+
 ``--folder DIR`` evaluates every image/label pair of ``DIR``/images and ``DIR``/labels instead
 (e.g. the held-out types of ``make_selection_set.py``), grouped by the file name's part before
 the first ``-`` (the object type).
@@ -33,7 +37,9 @@ sys.path.insert(0, str(ROOT))
 from monai.transforms import LoadImage  # noqa: E402
 
 from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig  # noqa: E402
+from lib.benchmark.methods import build_methods  # noqa: E402
 from lib.metrics import dice  # noqa: E402
+from lib.transforms.intensity import luminance  # noqa: E402
 from lib.networks import PRECISIONS, midepseg_unet  # noqa: E402
 from lib.trainers.midepseg_train import group_partition  # noqa: E402
 from lib.transforms.margin_points import extreme_margin_points  # noqa: E402
@@ -151,9 +157,13 @@ def reference(case: dict, loader: LoadImage) -> tuple[np.ndarray, np.ndarray]:
     return mask, spacing
 
 
-def evaluate(dim: int, model_dir: Path, limit_hc18: int | None, precision: str = "auto", folder: Path | None = None) -> list[dict]:
+def evaluate(
+    dim: int, model_dir: Path, limit_hc18: int | None, precision: str = "auto", folder: Path | None = None,
+    baselines: tuple[str, ...] = (),
+) -> list[dict]:
     config = MIDeepSeg2DConfig if dim == 2 else MIDeepSeg3DConfig
     tasks = make_tasks(config, f"midepseg_{dim}d", model_dir, precision)
+    methods = [m for m in build_methods(baselines, dims=(dim,))[0] if m.supports(dim)]
     loader = LoadImage(image_only=True)
     rows = []
     if folder is not None:
@@ -174,6 +184,16 @@ def evaluate(dim: int, model_dir: Path, limit_hc18: int | None, precision: str =
             ref = mask
             points = extreme_margin_points(ref, spacing)
         row = {"group": case["group"], "name": case.get("name", os.path.basename(case["image"])), "points": len(points)}
+        if methods:
+            image = np.asarray(loader(case["image"]), dtype=np.float32)
+            image = luminance(np.moveaxis(image, -1, 0))[0] if image.ndim == mask.ndim + 1 else image
+            image = image[..., k] if case.get("slice") else image
+            empty = np.zeros((0, ref.ndim), dtype=np.int64)
+            for method in methods:
+                method.begin_case(image, spacing[: ref.ndim])
+                pred = method.segment(image, spacing[: ref.ndim], points[:, : ref.ndim], empty, empty)
+                method.end_case()
+                row[method.key] = round(dice(pred, ref), 4)
         for variant, task in tasks.items():
             start = time.perf_counter()
             pred = stage1(task, case["image"], points)
@@ -187,7 +207,7 @@ def evaluate(dim: int, model_dir: Path, limit_hc18: int | None, precision: str =
 
 
 def summary(rows: list[dict], dim: int) -> str:
-    variants = ["trained", "untrained", "box only"]
+    variants = [v for v in ("trained", "untrained", "box only", "geodesic", "litemedsam") if v in rows[0]]
     groups = defaultdict(list)
     for r in rows:
         groups[r["group"]].append(r)
@@ -206,6 +226,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="network compute precision (lib/networks.py)")
     parser.add_argument("--limit-hc18", type=int, default=None, help="evaluate only the first N HC18 validation images")
+    parser.add_argument("--baselines", nargs="*", default=[], choices=["geodesic", "litemedsam"], help="methods of lib/benchmark on the same points")
     parser.add_argument("--folder", type=Path, default=None, help="evaluate the image/label pairs of this folder (one --dims)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -216,7 +237,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results, tables = {}, []
     for dim in args.dims:
-        rows = evaluate(dim, args.model_dir, args.limit_hc18, args.precision, args.folder)
+        rows = evaluate(dim, args.model_dir, args.limit_hc18, args.precision, args.folder, tuple(args.baselines))
         results[f"{dim}d"] = rows
         tables.append(summary(rows, dim))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
