@@ -23,8 +23,8 @@ STUDY, REFERENCES = APP / "sample_study", APP / "sample_references"
 CLICKS = 4
 # Dice after 3 robot clicks minus Dice of the stage-1 mask with the same 3 clicked voxels
 # forced (a do-nothing refinement), measured with the shipped weights: 2D ventricle slice
-# +0.013 (the default, learned + IF-GC, three background clicks; the repaired IF-GC alone
-# +0.003), 3D ventricle +0.11 (repaired IF-GC).
+# +0.014 (the default, learned + IF-GC: 0.901 against 0.887 with the class-agnostic weights;
+# with the previous weights the repaired IF-GC alone gave +0.003), 3D ventricle +0.11 (repaired IF-GC).
 MIN_GAIN = {2: 0.008, 3: 0.06}
 
 
@@ -110,15 +110,18 @@ def test_refinement_presets_and_options_are_checked():
 
 
 def test_learned_proposal_without_the_monotone_grid_answers_one_pass_per_click():
+    """``--conf monotone false``: one pass of the learned proposal per click, clicked voxels
+    kept, and the clicks help overall (measured 0.882 -> 0.944 after 5 clicks); single clicks
+    may lower Dice without the grid (the 4th: 0.923 -> 0.845), which is why it is the default."""
     image, ref, spacing = _case("brain_t1.nii.gz", 2)
     method = MIDeepSegMethod(2, "learned", conf={"monotone": "false"})
     try:
-        result = run_protocol(method, image, ref, spacing, 3, keep_masks=range(4))
+        result = run_protocol(method, image, ref, spacing, 5, keep_masks=range(6))
     finally:
         method.close()
     for k, click in enumerate(result.clicks, start=1):
         assert result.masks[k][tuple(click["point"])] == click["foreground"]
-    assert result.dice[3] > result.dice[0]
+    assert result.dice[5] > result.dice[0] + 0.03
 
 
 def test_an_uploaded_mask_in_2d_is_refined_by_the_clicks(tmp_path):

@@ -54,8 +54,8 @@ def test_a_coarser_refinement_grid_trains_in_bfloat16_and_the_infer_task_uses_it
     train(objects[:2], objects[2:], 2, str(app_model / "midepseg_2d.pt"), str(out), minutes=0.1, batch_size=2, lr=1e-3,
           max_rounds=1, jitter=0.3, val_every=1, grid=(48, 40), precision="bfloat16")
     assert torch.load(out, map_location="cpu", weights_only=True)["grid"] == [48, 40]
-    mask = ellipsoid_mask((90, 90), (45, 44), 20)
-    image = noisy_image(mask, seed=7)[0]
+    mask = ellipsoid_mask((90, 90), (45, 44), 20) | ellipsoid_mask((90, 90), (62, 60), 9)
+    image = noisy_image(mask, seed=7, noise=0.3)[0]  # hard enough that the robot clicks
     method = MIDeepSegMethod(2, "learned", conf={"refinement_model": str(out)})
     try:
         result = run_protocol(method, image, mask, None, 2, keep_masks=(0, 1, 2))
