@@ -573,8 +573,9 @@ class _Refinement:
             cached = self._masks.get(self._state_key(data, state, weights))
             if cached is not None:
                 known[state] = cached
-        if (0, 0) not in known:
+        if (0, 0) not in known:  # the stage-1 cut: cached like every other state
             known[(0, 0)] = self._cut(data, data["fg_clicks_work"][:0], data["bg_clicks_work"][:0], None)
+            self._masks.put(self._state_key(data, (0, 0), weights), known[(0, 0)])
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
             return data
