@@ -1,8 +1,9 @@
-"""A 2D *selection* set for choosing refinement settings: objects of types that no shipped
-network was trained on and that no benchmark in the README reports (the folders of
-``../shared/data`` added for issue 13: left-atrium MRI, spleen CT, spinal cord MR,
-dermoscopy as luminance, SEM axons), one 2D NIfTI image/label pair per object: the largest
-axial slice of a volume, or one connected component of a 2D label (``--dim 3``: the
+"""A 2D *selection* set for choosing refinement settings, from the folders of ``../shared/data``
+added for issue 13: spleen CT, spinal cord MR and SEM axons (types no shipped network was
+trained on) and the left-atrium MRI volumes and dermoscopy images (as luminance) that
+``prepare_generic_objects.py`` holds out of the class-agnostic mix (its ``HELD_OUT_LA``,
+``HELD_OUT_PH2``: the same first 8 of each). One 2D NIfTI image/label pair per object: the
+largest axial slice of a volume, or one connected component of a 2D label (``--dim 3``: the
 volumes whole). Settings are chosen on these, then reported on the unseen dev sets.
 
     .venv/bin/python scripts/make_selection_set.py --out runs/data/select2d

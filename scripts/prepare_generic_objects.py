@@ -42,11 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.evaluate_generalisation import BRAIN_STRUCTURES, DATA  # noqa: E402
+from scripts.make_selection_set import LA_CASES, PH2_CASES  # noqa: E402
 from scripts.prepare_anatomy import MIRRORS_OF_UNSEEN, context_box, largest_component, write_pair  # noqa: E402
 
 logger = logging.getLogger("prepare_generic_objects")
-HELD_OUT_LA = 8  # the first 8 volumes: also the selection set's (make_selection_set.py)
-HELD_OUT_PH2 = 8
+# The first volumes / images, held out here, are the selection set's (make_selection_set.py).
+HELD_OUT_LA = LA_CASES
+HELD_OUT_PH2 = PH2_CASES
 HELD_OUT_EM = 2
 UNSEEN_LABELS = set(BRAIN_STRUCTURES) | set(MIRRORS_OF_UNSEEN)
 # FreeSurfer labels that are not one object: background, unknown, CSF, vessel, choroid plexus.
