@@ -73,9 +73,8 @@ class TrainObject:
 
 def load_objects(pairs: Sequence[tuple[str, str]], dim: int) -> list[TrainObject]:
     """Load (image, label) file pairs; colour images become luminance (as the server reads
-    them); each is cropped to its
-    object's bounding box grown by ``OBJECT_CONTEXT`` voxels and shrunk to at most
-    ``MAX_SIDE`` voxels per side."""
+    them); each is cropped to its object's bounding box grown by ``OBJECT_CONTEXT`` voxels
+    and shrunk to at most ``MAX_SIDE`` voxels per side."""
     from monai.transforms import LoadImage
 
     load = LoadImage(image_only=True)
