@@ -38,8 +38,8 @@ from monai.transforms import LoadImage  # noqa: E402
 
 from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig  # noqa: E402
 from lib.benchmark.methods import build_methods  # noqa: E402
+from lib.infers.image_cache import SHARED_LOADER  # noqa: E402
 from lib.metrics import dice  # noqa: E402
-from lib.transforms.intensity import luminance  # noqa: E402
 from lib.networks import PRECISIONS, midepseg_unet  # noqa: E402
 from lib.trainers.midepseg_train import group_partition  # noqa: E402
 from lib.transforms.margin_points import extreme_margin_points  # noqa: E402
@@ -184,9 +184,8 @@ def evaluate(
             ref = mask
             points = extreme_margin_points(ref, spacing)
         row = {"group": case["group"], "name": case.get("name", os.path.basename(case["image"])), "points": len(points)}
-        if methods:
-            image = np.asarray(loader(case["image"]), dtype=np.float32)
-            image = luminance(np.moveaxis(image, -1, 0))[0] if image.ndim == mask.ndim + 1 else image
+        if methods:  # the image as the server reads it (colour as luminance), loaded once for these and the tasks
+            image = SHARED_LOADER.load(case["image"])[0].array[0]
             image = image[..., k] if case.get("slice") else image
             empty = np.zeros((0, ref.ndim), dtype=np.int64)
             for method in methods:

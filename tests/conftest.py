@@ -13,6 +13,16 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
+APP_MODELS = REPO_ROOT / "apps" / "midepseg" / "model"
+
+
+def stage1_mask(task, image: str | Path, points: np.ndarray, **request) -> np.ndarray:
+    """The infer task's boolean answer to the margin points alone (``request``: extra keys,
+    e.g. ``slice_axis``); the shape of the image's spatial axes."""
+    points = np.asarray(points)
+    _, data = task({"image": str(image), "foreground": points.tolist(), "background": [], "device": "cpu",
+                    "logging": "WARNING", "skip_writer": True, "margin_points": len(points), **request})
+    return np.asarray(data["pred"]) > 0
 
 
 def ellipsoid_mask(shape, centre, radius, spacing=None) -> np.ndarray:

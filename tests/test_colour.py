@@ -5,8 +5,6 @@ exactly as from its luminance saved as a grey image."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,10 +16,7 @@ from lib.trainers.midepseg_train import MIDeepSegTrain
 from lib.networks import midepseg_unet
 from lib.transforms.intensity import LUMA_WEIGHTS, Luminanced, luminance
 from lib.transforms.margin_points import extreme_margin_points
-from tests.conftest import ellipsoid_mask
-
-APP_MODELS = Path(__file__).resolve().parents[1] / "apps" / "midepseg" / "model"
-
+from tests.conftest import APP_MODELS, ellipsoid_mask, stage1_mask
 
 @pytest.fixture(scope="module")
 def lesion(tmp_path_factory):
@@ -68,12 +63,7 @@ def test_rgb_segments_like_its_luminance(lesion):
     task = config.infer()
     points = extreme_margin_points(mask, (1.0, 1.0))
 
-    def segment(name: str) -> np.ndarray:
-        request = {"image": str(folder / name), "foreground": points.tolist(), "background": [], "device": "cpu",
-                   "logging": "WARNING", "skip_writer": True, "margin_points": len(points)}
-        return np.asarray(task(request)[1]["pred"]).reshape(mask.shape) > 0
-
-    colour, grey = segment("lesion.png"), segment("lesion_grey.png")
+    colour, grey = (stage1_mask(task, folder / name, points).reshape(mask.shape) for name in ("lesion.png", "lesion_grey.png"))
     assert dice(colour, mask) > 0.9
     assert dice(colour, grey) > 0.99  # the grey PNG rounds the luminance to integers
 

@@ -5,8 +5,6 @@ the spacing is dropped."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -15,9 +13,8 @@ from configs.midepseg import MIDeepSeg2DConfig
 from lib.transforms.clicks import SelectSliced
 from lib.transforms.margin_points import extreme_margin_points
 from monai.data import MetaTensor
-from tests.conftest import ellipsoid_mask, noisy_image
+from tests.conftest import APP_MODELS, ellipsoid_mask, noisy_image, stage1_mask
 
-APP_MODELS = Path(__file__).resolve().parents[1] / "apps" / "midepseg" / "model"
 SPACING = (0.7, 1.1, 3.0)  # mm along the volume's axes 0, 1, 2
 
 
@@ -39,13 +36,6 @@ def volume(tmp_path_factory):
     return path, image, mask
 
 
-def _segment(task, image, points, **extra) -> np.ndarray:
-    request = {**extra, "image": str(image), "foreground": points.tolist(), "background": [], "device": "cpu",
-               "logging": "WARNING", "skip_writer": True, "margin_points": len(points)}
-    _, data = task(request)
-    return np.asarray(data["pred"]) > 0
-
-
 def test_select_slice_keeps_the_in_plane_spacing():
     volume = MetaTensor(np.random.RandomState(0).rand(1, 8, 9, 5).astype(np.float32), affine=np.diag([*SPACING, 1.0]))
     for axis in range(3):
@@ -65,9 +55,9 @@ def test_slice_of_a_volume_equals_the_2d_image_with_its_spacing(task_2d, volume,
     nib.save(nib.Nifti1Image(plane.astype(np.float32), np.diag([*in_plane, 1.0, 1.0])), with_spacing)
     nib.save(nib.Nifti1Image(plane.astype(np.float32), np.eye(4)), without)
 
-    expected = _segment(task_2d, with_spacing, points)
-    from_volume = _segment(task_2d, path, np.insert(points, axis, k, axis=1), slice_axis=axis)
+    expected = stage1_mask(task_2d, with_spacing, points)
+    from_volume = stage1_mask(task_2d, path, np.insert(points, axis, k, axis=1), slice_axis=axis)
     np.testing.assert_array_equal(np.take(from_volume, k, axis=axis), expected)
     assert from_volume.sum() == expected.sum(), "only the clicked slice is labelled"
     # The spacing is what makes them equal: without it the answer differs.
-    assert not np.array_equal(_segment(task_2d, without, points), expected)
+    assert not np.array_equal(stage1_mask(task_2d, without, points), expected)

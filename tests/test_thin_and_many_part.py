@@ -10,8 +10,6 @@ does (README, "Thin and many-part objects"):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from monai.transforms import LoadImage
@@ -20,22 +18,14 @@ from scipy import ndimage
 from configs.midepseg import MIDeepSeg2DConfig
 from lib.metrics import dice
 from lib.transforms.margin_points import extreme_margin_points
-from tests.conftest import noisy_image
-
-MODEL_DIR = Path(__file__).resolve().parents[1] / "apps" / "midepseg" / "model"
+from tests.conftest import APP_MODELS, noisy_image, stage1_mask
 
 
 @pytest.fixture(scope="module")
 def task():
     config = MIDeepSeg2DConfig()
-    config.init("midepseg_2d", str(MODEL_DIR), {}, None)
+    config.init("midepseg_2d", str(APP_MODELS), {}, None)
     return config.infer()
-
-
-def _segment(task, image_path: str, points: np.ndarray) -> np.ndarray:
-    request = {"image": image_path, "foreground": points.tolist(), "background": [], "device": "cpu",
-               "logging": "WARNING", "skip_writer": True, "margin_points": len(points)}
-    return np.asarray(task(request)[1]["pred"]) > 0
 
 
 def test_one_cell_of_many(shared_data, task):
@@ -51,7 +41,7 @@ def test_one_cell_of_many(shared_data, task):
         sizes = ndimage.sum_labels(cells > 0, cells, index=np.arange(1, count + 1))
         for k in 1 + np.argsort(sizes)[::-1][:6]:
             cell = cells == k
-            pred = _segment(task, str(image), extreme_margin_points(cell))
+            pred = stage1_mask(task, str(image), extreme_margin_points(cell))
             scores.append(dice(pred, cell))
             spills += int((pred & (cells > 0) & ~cell).sum() > 0.1 * cell.sum())
     assert np.median(scores) > 0.87, scores
@@ -66,6 +56,6 @@ def test_thin_bar_stays_on_the_bar(tmp_path, task, thin_bar_2d):
     image = noisy_image(mask, seed=5, noise=0.1)[0]
     path = tmp_path / "bar.nii.gz"
     nib.save(nib.Nifti1Image(image, np.eye(4)), path)
-    pred = _segment(task, str(path), extreme_margin_points(mask))
+    pred = stage1_mask(task, str(path), extreme_margin_points(mask))
     assert dice(pred, mask) > 0.7
     assert pred.sum() < 2 * mask.sum()

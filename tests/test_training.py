@@ -11,12 +11,14 @@ import pytest
 import torch
 from monai.transforms import LoadImage
 from PIL import Image
+from scipy import ndimage
 
 from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig
 from lib.metrics import dice
 from lib.trainers.midepseg_train import group_partition, halving_schedule
 from lib.trainers.train_cli import main as train_main
 from lib.transforms.margin_points import extreme_margin_points
+from tests.conftest import stage1_mask
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "apps" / "midepseg" / "model"
 SAMPLE_STUDY = MODEL_DIR.parent / "sample_study"
@@ -83,14 +85,13 @@ def test_short_cpu_training_lowers_loss_and_publishes_loadable_weights(tmp_path)
     assert dice(np.asarray(data["pred"]) > 0, label) > 0.7
 
 
-def _stage1_dice(config_class, name: str, image: str, label: np.ndarray) -> float:
+def _stage1_dice(config_class, name: str, image: str, label: np.ndarray, points: np.ndarray | None = None, **request) -> float:
+    """Stage-1 Dice of the shipped weights from ``points`` (default: the label's extreme
+    margin points); ``request``: extra request keys (``slice_axis``)."""
     config = config_class()
     config.init(name, str(MODEL_DIR), {}, None)
-    task = config.infer()
-    points = extreme_margin_points(label)
-    _, data = task({"image": image, "foreground": points.tolist(), "background": [], "device": "cpu",
-                    "skip_writer": True, "logging": "WARNING"})
-    return dice(np.asarray(data["pred"]) > 0, label)
+    points = extreme_margin_points(label) if points is None else points
+    return dice(stage1_mask(config.infer(), image, points, **request).reshape(label.shape), label)
 
 
 @pytest.mark.parametrize("name", ["797_HC.png", "802_HC.png", "016_HC.png"])
@@ -121,23 +122,23 @@ def test_shipped_3d_weights_on_unseen_objects(image, bound):
     assert dice_value > bound, dice_value
 
 
-def _largest_slice_case(volume: Path, label_file: Path, tmp_path: Path) -> tuple[str, np.ndarray, dict]:
-    """A volume for the 2D model: the reference on its largest axial slice, and the request
-    keys that send the points on that slice (as Slicer and OHIF do)."""
+def _largest_slice_case(volume: Path, label_file: Path) -> tuple[str, np.ndarray, np.ndarray, dict]:
+    """A volume for the 2D model: the reference on its largest axial slice, the margin points
+    on that slice and the request keys that say so (as Slicer and OHIF send them)."""
     label = np.asarray(LoadImage(image_only=True)(str(label_file))) >= 0.5
     k = int(np.argmax(label.sum(axis=(0, 1))))
     reference = np.zeros_like(label)
     reference[..., k] = label[..., k]
-    return str(volume), reference, {"slice_axis": 2}
+    points = extreme_margin_points(label[..., k])
+    return str(volume), reference, np.concatenate([points, np.full((len(points), 1), k)], axis=1), {"slice_axis": 2}
 
 
-def _component_case(image: Path, label_file: Path, tmp_path: Path) -> tuple[str, np.ndarray, dict]:
+def _component_case(image: Path, label_file: Path) -> tuple[str, np.ndarray, np.ndarray, dict]:
     """A 2D image whose label holds many objects: the largest connected component."""
-    from scipy import ndimage
-
     components, count = ndimage.label(np.asarray(LoadImage(image_only=True)(str(label_file))) > 0)
     sizes = ndimage.sum_labels(components > 0, components, index=np.arange(1, count + 1))
-    return str(image), components == 1 + int(np.argmax(sizes)), {}
+    reference = components == 1 + int(np.argmax(sizes))
+    return str(image), reference, extreme_margin_points(reference), {}
 
 
 # One case per new data type (issue 13), types and subjects never trained on (the first
@@ -156,19 +157,8 @@ HELD_OUT_TYPES = {
 
 
 @pytest.mark.parametrize("kind", sorted(HELD_OUT_TYPES))
-def test_shipped_2d_weights_on_held_out_types(shared_data, tmp_path, kind):
+def test_shipped_2d_weights_on_held_out_types(shared_data, kind):
     make_case, image, label, bound = HELD_OUT_TYPES[kind]
-    image_path, reference, extra = make_case(shared_data / image, shared_data / label, tmp_path)
-    config = MIDeepSeg2DConfig()
-    config.init("midepseg_2d", str(MODEL_DIR), {}, None)
-    task = config.infer()
-    if reference.ndim == 3:
-        k = int(np.flatnonzero(reference.any(axis=(0, 1)))[0])
-        points = extreme_margin_points(reference[..., k])
-        points = np.concatenate([points, np.full((len(points), 1), k)], axis=1)
-    else:
-        points = extreme_margin_points(reference)
-    _, data = task({"image": image_path, "foreground": points.tolist(), "background": [], "device": "cpu",
-                    "skip_writer": True, "logging": "WARNING", **extra})
-    value = dice(np.asarray(data["pred"]).reshape(reference.shape) > 0, reference)
+    image_path, reference, points, request = make_case(shared_data / image, shared_data / label)
+    value = _stage1_dice(MIDeepSeg2DConfig, "midepseg_2d", image_path, reference, points, **request)
     assert value > bound, value
