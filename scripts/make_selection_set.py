@@ -31,6 +31,11 @@ AXONS_PER_IMAGE = 3
 MIN_AXON_PIXELS = 400
 
 
+def read_png(path: Path) -> np.ndarray:
+    """A PNG as luminance (PIL's BT.601 weights), (x, y) as MONAI's LoadImage reads it."""
+    return np.asarray(Image.open(path).convert("L"), dtype=np.float32).T
+
+
 def largest_slice(image: np.ndarray, label: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray, tuple]:
     """The axial slice (last axis) with the most label voxels."""
     z = int(np.argmax(label.reshape(-1, label.shape[-1]).sum(0)))
@@ -76,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%d selection objects in %s", count, args.out)
         return 0
     for path in sorted((DATA / "ph2" / "images").iterdir())[:PH2_CASES]:
-        image = np.asarray(Image.open(path).convert("L"), dtype=np.float32).T  # (x, y) as LoadImage reads PNG
-        label = np.asarray(Image.open(DATA / "ph2" / "labels" / path.name), dtype=np.float32).T > 0
+        image = read_png(path)
+        label = read_png(DATA / "ph2" / "labels" / path.name) > 0
         save(args.out, f"ph2-{path.stem}", image, label, (1.0, 1.0))
         count += 1
     for path in sorted((DATA / "sem_axons" / "images").iterdir())[:2]:
-        image = np.asarray(Image.open(path).convert("L"), dtype=np.float32).T
-        labels, n = ndimage.label(np.asarray(Image.open(DATA / "sem_axons" / "axon" / path.name)).T > 0)
+        image = read_png(path)
+        labels, n = ndimage.label(read_png(DATA / "sem_axons" / "axon" / path.name) > 0)
         sizes = ndimage.sum(np.ones_like(labels), labels, range(1, n + 1))
         picks = [k + 1 for k in np.argsort(sizes)[::-1] if sizes[k] >= MIN_AXON_PIXELS]
         for k in picks[:: max(1, len(picks) // AXONS_PER_IMAGE)][:AXONS_PER_IMAGE]:

@@ -19,8 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.prepare_anatomy import largest_component  # noqa: E402
-from scripts.prepare_generic_objects import DATA, read_png  # noqa: E402
-from scripts.make_selection_set import save  # noqa: E402
+from scripts.make_selection_set import DATA, read_png, save  # noqa: E402
 
 logger = logging.getLogger("make_thin_set")
 

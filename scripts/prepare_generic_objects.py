@@ -35,14 +35,13 @@ from typing import Iterator
 
 import nibabel as nib
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.evaluate_generalisation import BRAIN_STRUCTURES, DATA  # noqa: E402
-from scripts.make_selection_set import LA_CASES, PH2_CASES  # noqa: E402
+from scripts.make_selection_set import LA_CASES, PH2_CASES, read_png  # noqa: E402
 from scripts.prepare_anatomy import MIRRORS_OF_UNSEEN, context_box, largest_component, write_pair  # noqa: E402
 
 logger = logging.getLogger("prepare_generic_objects")
@@ -54,11 +53,6 @@ UNSEEN_LABELS = set(BRAIN_STRUCTURES) | set(MIRRORS_OF_UNSEEN)
 # FreeSurfer labels that are not one object: background, unknown, CSF, vessel, choroid plexus.
 NOT_OBJECTS = {0, 24, 30, 31, 62, 63, 77, 85}
 Pair = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # name, image, label, affine
-
-
-def read_png(path: Path) -> np.ndarray:
-    """A PNG as luminance, (x, y) as MONAI's LoadImage reads it."""
-    return np.asarray(Image.open(path).convert("L"), dtype=np.float32).T
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
