@@ -7,6 +7,7 @@ import os
 
 from monailabel.interfaces.config import TaskConfig
 
+from lib.infers.budget import DEFAULT_BUDGET_S
 from lib.infers.midepseg_infer import DEFAULT_REFINEMENT, MIDeepSegInfer, RefinementOptions
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
 from lib.trainers.midepseg_train import MIDeepSegTrain
@@ -64,6 +65,7 @@ class MIDeepSegConfig(TaskConfig):
                 **refinement_options(self.conf),
             },
             refinement_path=self.conf.get("refinement_model"),
+            budget_s=float(self.conf.get("request_budget_s", DEFAULT_BUDGET_S)),
             description=(
                 f"MIDeepSeg {kind}: click {self.margin_points} interior margin points just inside the object's "
                 "boundary (foreground), then foreground/background clicks to refine"

@@ -21,10 +21,12 @@ def start_app_server(
     conf: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT_S,
+    host: str = "127.0.0.1",
 ) -> tuple[subprocess.Popen, float]:
-    """``monailabel start_server`` for the app on ``127.0.0.1:port`` with ``--studies studies``
-    (a folder or a DICOMweb URL) and ``--conf`` pairs; returns the process (its own process
-    group) and the seconds until ``/info/`` answered. ``RuntimeError`` when it does not start."""
+    """``monailabel start_server`` for the app on ``host:port`` (default loopback) with
+    ``--studies studies`` (a folder or a DICOMweb URL) and ``--conf`` pairs; returns the
+    process (its own process group) and the seconds until ``/info/`` answered on loopback.
+    ``RuntimeError`` when it does not start."""
     full_env = dict(os.environ, **(env or {}))
     # MONAI Label's training subprocess reads PYTHONPATH (the `monailabel` script sets it).
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p)
@@ -32,7 +34,7 @@ def start_app_server(
     cmd = [
         sys.executable, "-m", "monailabel.main", "start_server",
         "--app", str(APP_DIR), "--studies", str(studies),
-        "--host", "127.0.0.1", "--port", str(port),
+        "--host", host, "--port", str(port),
     ]  # fmt: skip
     for key, value in (conf or {}).items():
         cmd += ["--conf", key, str(value)]

@@ -394,7 +394,9 @@ def test_bad_requests_give_4xx_and_server_keeps_serving(server):
         ("lamda=null", "midepseg_2d", HC18_CASE, {"foreground": margin, "lamda": None}, "lamda"),
         ("sigma='nan'", "midepseg_2d", HC18_CASE, {"foreground": margin, "sigma": "nan"}, "sigma"),
         ("slice_axis='abc'", "midepseg_2d", "ct", {"foreground": one_slice, "slice_axis": "abc"}, "slice_axis"),
-        ("not an image file", "midepseg_2d", str(server.log), {"foreground": margin}, "cannot read image"),
+        ("a server path as image id", "midepseg_2d", str(server.log), {"foreground": margin}, "not in the datastore"),
+        ("an internal key", "midepseg_2d", HC18_CASE, {"foreground": margin, "slice": [0, 1, [9, 9, 9]]}, "slice"),
+        ("sigma=1e-300", "midepseg_2d", HC18_CASE, {"foreground": margin, "sigma": 1e-300}, "sigma"),
         ("unknown model", "no_such_model", HC18_CASE, {"foreground": margin}, "no_such_model"),
     ]
     for what, model, image_id, params, needle in cases:

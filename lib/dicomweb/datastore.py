@@ -5,30 +5,40 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 from dicomweb_client.session_utils import create_session_from_user_pass
 from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
-from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.interfaces.exception import ImageNotFoundException
 
 from lib.dicomweb.seg import write_dicom_seg
+from lib.edge.labels import SafeLabels
+from lib.transforms.validation import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
+# A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1). Series ids name cache folders.
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
-class SegDICOMWebDatastore(DICOMWebDatastore):
+
+class SegDICOMWebDatastore(SafeLabels, DICOMWebDatastore):
     """Series from a DICOMweb server (converted to NIfTI and cached, as upstream); a label
     saved with tag ``final`` is stored as DICOM SEG on the server (STOW-RS) and in the local
-    cache, other tags only in the cache. OHIF's raw ``label.bin`` uploads are accepted."""
+    cache, other tags only in the cache. OHIF's raw ``label.bin`` uploads are accepted. A
+    label is checked against its series before anything is stored (:class:`SafeLabels`)."""
 
     def get_image_uri(self, image_id: str) -> str:
-        """The cached NIfTI of series ``image_id`` (fetched on first use); "" for a series the
-        DICOMweb server does not have (upstream raises IndexError, answered as HTTP 500)."""
+        """The cached NIfTI of series ``image_id`` (fetched on first use); "" for an id that is
+        not a DICOM UID or a series the DICOMweb server does not have (upstream raises
+        IndexError, answered as HTTP 500, and joins any id into a cache path)."""
+        if not isinstance(image_id, str) or len(image_id) > 64 or not UID_PATTERN.match(image_id):
+            return ""
         cached = os.path.isdir(os.path.join(self._datastore.image_path(), image_id))
         if not cached and not self._client.search_for_series(search_filters={"SeriesInstanceUID": image_id}):
             return ""
@@ -38,23 +48,36 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any], label_id: str = ""
     ) -> str:
         image_uri = self.get_image_uri(image_id)
-        converted = binary_to_image(image_uri, label_filename) if label_filename.endswith(".bin") else ""
+        if not image_uri:
+            raise ImageNotFoundException(f"Image {image_id} not found")
+        converted = self._from_binary(image_uri, label_filename) if label_filename.endswith(".bin") else ""
         label_file = converted or label_filename
         label_info = dict(label_info or {})
         try:
+            self.check_label(image_id, label_file, label_tag)  # before anything reaches the PACS
             if label_tag == DefaultLabelTag.FINAL:
                 label_info.update(self._store_seg(image_id, label_file, label_info.get("label_info")))
-            return LocalDatastore.save_label(self, image_id, label_file, label_tag, label_info)
+            return self.write_label(image_id, label_file, label_tag, label_info)
         finally:
             if converted:
                 os.unlink(converted)
+
+    @staticmethod
+    def _from_binary(image_uri: str, label_filename: str) -> str:
+        """OHIF's raw voxel upload as an image file of the series' geometry."""
+        try:
+            return binary_to_image(image_uri, label_filename)
+        except MemoryError:
+            raise
+        except Exception as e:  # bytes that do not fill the series' voxel grid
+            raise InvalidInputError(f"label: the .bin upload does not fit the series ({type(e).__name__})") from None
 
     def _store_seg(self, image_id: str, label_file: str, segments) -> dict[str, Any]:
         series_dir = os.path.join(self._datastore.image_path(), image_id)
         try:
             seg_file = write_dicom_seg(label_file, series_dir, segments)
         except ValueError as e:
-            raise HTTPException(status_code=400, detail=f"cannot save the label of {image_id} as DICOM SEG: {e}") from e
+            raise InvalidInputError(f"cannot save the label of {image_id} as DICOM SEG: {e}") from e
         try:
             seg_series = dicom_web_upload_dcm(seg_file, self._client)
         finally:

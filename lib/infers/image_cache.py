@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform
 
 from lib.transforms.intensity import Luminanced
-from lib.transforms.validation import check_image
+from lib.transforms.validation import InvalidInputError, check_image
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class ImageLoader:
 
     def load(self, path: str) -> tuple[MetaTensor, tuple]:
         """The checked image ``(1, *spatial)`` float32 and its cache key. Raises
-        ``FileNotFoundError`` for a missing file and ``ValueError`` for one that is not a
+        ``FileNotFoundError`` for a missing file and :class:`InvalidInputError` for one that is not a
         readable, non-constant 2D/3D image."""
         key = self.cache_key(path)
         with self._locks_guard:
@@ -89,8 +89,10 @@ class ImageLoader:
         start = time.perf_counter()
         try:
             image = self._channel_first(self._read(path))
+        except MemoryError:  # the server's fault, not the file's
+            raise
         except Exception as e:  # not an image any reader understands: bad input, not a crash
-            raise ValueError(f"cannot read image {os.path.basename(path)!r}: {type(e).__name__}") from e
+            raise InvalidInputError(f"cannot read image {os.path.basename(path)!r}: {type(e).__name__}") from e
         if not isinstance(image, MetaTensor):
             image = MetaTensor(image)
         image = self._luminance({"image": image})["image"]  # a 2D colour image: one channel

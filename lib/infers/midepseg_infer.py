@@ -45,12 +45,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from fastapi import HTTPException
 from monai.transforms import Compose, NormalizeIntensity
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.writer import Writer, write_itk
 
+from lib.infers.budget import DEFAULT_BUDGET_S, StartDeadline
 from lib.infers.image_cache import CachedLoadImaged, LRUCache
 from lib.networks import REFINEMENT_IN_CHANNELS, inference_dtype, midepseg_unet, predict_probability, refinement_from_stage1
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
@@ -177,6 +177,7 @@ class MIDeepSegInfer(BasicInferTask):
         refinement: str | None = None,
         refinement_options: dict | None = None,
         refinement_path: str | None = None,
+        budget_s: float = DEFAULT_BUDGET_S,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -211,6 +212,9 @@ class MIDeepSegInfer(BasicInferTask):
         self._stage1_cache = LRUCache(16)
         self._learned = _LearnedProposal(self, refinement_path) if self.options.proposal == "learned" else None
         self._refine = _Refinement(self.options, self._distances, self._learned)
+        self.budget_s = float(budget_s)
+        # One request of this task at a time: its caches and its network are shared state.
+        self._lock = threading.Lock()
 
     def warm_up(self, device: str) -> None:
         """Load the weights and run the network once on a blank input, so that the one-off
@@ -230,23 +234,24 @@ class MIDeepSegInfer(BasicInferTask):
         logger.info("%dD network ready on %s (%s) in %.1f s", self.dimension, device, dtype, time.perf_counter() - start)
 
     def __call__(self, request, callbacks=None):
-        _check_graph_cut_params(request)
+        """One request (parameters checked by the app's edge, :mod:`lib.edge.params`), within
+        the time budget (``deadline``: :class:`lib.infers.budget.Deadline`). Raises
+        :class:`lib.transforms.validation.InvalidInputError` for a wrong input,
+        ``FileNotFoundError`` for a missing image and :class:`lib.infers.budget.BudgetExceeded`
+        past the budget; anything else is a fault of the server."""
         request = dict(request)
         if "margin_points" in request:  # the count; "margin_points" names the points themselves below
             request["margin_count"] = request.pop("margin_points")
         if "label" in request:  # the uploaded mask to start from (a file path); "label" is the reference elsewhere
             request["start_label"] = request.pop("label")
-        try:
-            return super().__call__(request, callbacks)
-        except MarginPointsIncomplete as waiting:
-            return self._empty_result(waiting.data)
-        except FileNotFoundError as e:
-            raise HTTPException(status_code=404, detail=str(e)) from e
-        except ValueError as e:
-            raise HTTPException(status_code=400, detail=str(e)) from e
+        with self._lock:
+            try:
+                return super().__call__(request, callbacks)
+            except MarginPointsIncomplete as waiting:
+                return self._empty_result(waiting.data)
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        transforms: list = [self._loader]
+        transforms: list = [StartDeadline(self.budget_s), self._loader]
         if self.dimension == 2:
             transforms.append(SelectSliced(keys="image"))
         transforms += [
@@ -280,6 +285,7 @@ class MIDeepSegInfer(BasicInferTask):
         )
         cached = self._stage1_cache.get(key)
         if cached is None:
+            data["deadline"].check("stage 1")
             start = time.perf_counter()
             crop = Compose(crop_transforms(self.spatial_size))(
                 {"image": data["image"], "margin_points": data["margin_points"], "spacing": data.get("spacing")}
@@ -352,24 +358,6 @@ class MIDeepSegInfer(BasicInferTask):
     @staticmethod
     def _model_mtime(path: str | None) -> float:
         return os.path.getmtime(path) if path and os.path.exists(path) else 0.0
-
-
-def _check_graph_cut_params(request: dict) -> None:
-    """``lamda`` >= 0 and ``sigma`` > 0, finite numbers (or numeric strings, as Slicer's
-    option fields send them): answer 400 naming the parameter before any work is done."""
-    for name, positive in (("lamda", False), ("sigma", True)):
-        if name not in request:
-            continue
-        value = request[name]
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            number = float(value)
-        except (TypeError, ValueError):
-            raise HTTPException(status_code=400, detail=f"{name} must be a number, got {value!r}") from None
-        if not np.isfinite(number) or number < 0 or (positive and number == 0):
-            bound = "> 0" if positive else ">= 0"
-            raise HTTPException(status_code=400, detail=f"{name} must be a finite number {bound}, got {value!r}")
 
 
 class _StopWhenIncomplete:
@@ -521,6 +509,8 @@ class _Refinement:
         return tuple(np.minimum.reduce(m) if m else None for m in (fg_maps, bg_maps))
 
     def propose(self, data: dict, states, previous) -> list[np.ndarray]:
+        if data.get("deadline") is not None:
+            data["deadline"].check(f"{len(states)} refinement state(s)")
         fg_all, bg_all = data["fg_clicks_work"], data["bg_clicks_work"]
         clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
         if self.options.proposal == "learned" and "stage1_input" in data:  # not for an uploaded label

@@ -17,7 +17,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from .crop import spacing_of
-from .validation import as_points, check_image, stacked_points, unique_points, validate_points
+from .validation import InvalidInputError, as_points, check_image, stacked_points, unique_points, validate_points
 
 MIN_MARGIN_POINTS = 2
 
@@ -30,21 +30,21 @@ def split_clicks(
 
     A voxel clicked twice with the same label counts once; one clicked as both foreground
     and background, a point outside the image, a wrong number of coordinates or a
-    non-numeric value raise ``ValueError``, as does a request with no point at all. With
+    non-numeric value raise :class:`InvalidInputError`, as does a request with no point at all. With
     ``start_mask`` (the request refines an uploaded mask instead of stage 1) there are no
     margin points: every point is a refinement click, and none at all is allowed.
     """
     ndim = len(spatial_shape)
     n = 0 if start_mask else int(margin_points)
     if not start_mask and n < MIN_MARGIN_POINTS:
-        raise ValueError(f"margin_points must be at least {MIN_MARGIN_POINTS}, got {margin_points}")
+        raise InvalidInputError(f"margin_points must be at least {MIN_MARGIN_POINTS}, got {margin_points}")
     fg = unique_points(validate_points(foreground, spatial_shape, "foreground", allow_duplicates=True))
     bg = unique_points(validate_points(background, spatial_shape, "background", allow_duplicates=True))
     if len(fg) == 0 and len(bg) == 0 and not start_mask:
-        raise ValueError("no points given: click the interior margin points (foreground) first")
+        raise InvalidInputError("no points given: click the interior margin points (foreground) first")
     both = {tuple(p) for p in fg.tolist()} & {tuple(p) for p in bg.tolist()}
     if both:
-        raise ValueError(f"voxel(s) {sorted(both)} clicked as both foreground and background")
+        raise InvalidInputError(f"voxel(s) {sorted(both)} clicked as both foreground and background")
     return fg[:n], fg[n:], bg if len(fg) >= n else np.zeros((0, ndim), dtype=np.int64)
 
 
@@ -89,12 +89,12 @@ class ParseClicksd(MapTransform):
         for key in self.key_iterator(d):
             shape = np.shape(d[key])[1:]
             if len(shape) not in (2, 3):
-                raise ValueError(f"image: expected a channel-first 2D or 3D image, got shape {np.shape(d[key])}")
+                raise InvalidInputError(f"image: expected a channel-first 2D or 3D image, got shape {np.shape(d[key])}")
             count = d.get(self.count_key, self.default_count)
             try:
                 count = int(count)
             except (TypeError, ValueError) as e:
-                raise ValueError(f"margin_points must be an integer, got {count!r}") from e
+                raise InvalidInputError(f"margin_points must be an integer, got {count!r}") from e
             margin, fg, bg = split_clicks(
                 d.get(self.foreground_key), d.get(self.background_key), shape, count, d.get(self.start_mask_key) is not None
             )
@@ -136,22 +136,22 @@ class SelectSliced(MapTransform):
             try:
                 axis = int(d.get("slice_axis", self.slice_axis))
             except (TypeError, ValueError) as e:
-                raise ValueError(f"slice_axis must be 0, 1 or 2, got {d.get('slice_axis')!r}") from e
+                raise InvalidInputError(f"slice_axis must be 0, 1 or 2, got {d.get('slice_axis')!r}") from e
             if axis not in (0, 1, 2):
-                raise ValueError(f"slice_axis must be 0, 1 or 2, got {axis}")
+                raise InvalidInputError(f"slice_axis must be 0, 1 or 2, got {axis}")
             points = {k: as_points(d.get(k), 3, k) for k in self.point_keys}
             if not any(len(p) for p in points.values()):
-                raise ValueError("no points given: click the interior margin points (foreground) first")
+                raise InvalidInputError("no points given: click the interior margin points (foreground) first")
             index = np.concatenate([p[:, axis] for p in points.values()])
             slices = np.unique(index)
             if len(slices) != 1:
-                raise ValueError(
+                raise InvalidInputError(
                     f"the 2D model segments one slice: all points need the same index along axis {axis}, "
                     f"got {slices.tolist()}"
                 )
             k = int(slices[0])
             if not 0 <= k < shape[axis]:
-                raise ValueError(f"slice index {k} lies outside the image of shape {tuple(shape)}")
+                raise InvalidInputError(f"slice index {k} lies outside the image of shape {tuple(shape)}")
             in_plane = np.delete(spacing_of(d, key), axis)
             image = check_image(np.take(convert_to_numpy(d[key]), k, axis=axis + 1), name=f"slice {k}")
             d[key] = MetaTensor(image, affine=np.diag([*in_plane, 1.0, 1.0]))

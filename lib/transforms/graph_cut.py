@@ -86,8 +86,10 @@ def graph_cut(
     prob = np.asarray(prob_fg, dtype=np.float64)
     if img.shape != prob.shape:
         raise ValueError(f"graph_cut: image {img.shape} and probability {prob.shape} differ in shape")
-    if lamda < 0 or sigma <= 0:
-        raise ValueError(f"graph_cut: need lamda >= 0 and sigma > 0 (got lamda={lamda}, sigma={sigma})")
+    # 2 sigma^2 must be a positive finite float (sigma = 1e-300 gave NaN edge weights, on
+    # which the max-flow never ended), and lamda finite.
+    if not (np.isfinite(lamda) and lamda >= 0 and np.isfinite(sigma) and 0 < 2.0 * sigma**2 < np.inf):
+        raise ValueError(f"graph_cut: need a finite lamda >= 0 and a finite sigma > 0 whose square does not underflow (got lamda={lamda}, sigma={sigma})")
     ndim = img.ndim
     if ndim not in (2, 3):
         raise ValueError(f"graph_cut: expected a 2D or 3D spatial array, got shape {img.shape}")

@@ -10,6 +10,8 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from .validation import InvalidInputError
+
 
 def read_start_mask(path: str, spatial_shape: Sequence[int], slice_info: tuple | None = None) -> np.ndarray:
     """Read a binary mask file and check it against the image.
@@ -25,26 +27,28 @@ def read_start_mask(path: str, spatial_shape: Sequence[int], slice_info: tuple |
         bool array of ``spatial_shape``.
 
     Raises:
-        ValueError: unreadable file, other shape, values other than 0 and 1, or an empty mask.
+        InvalidInputError: unreadable file, other shape, values other than 0 and 1, or an empty mask.
     """
     from monai.transforms import LoadImage
 
     try:
         mask = np.asarray(LoadImage(image_only=True)(path))
+    except MemoryError:  # the server's fault, not the upload's
+        raise
     except Exception as e:  # any reader failure: the upload is not an image
-        raise ValueError(f"label: cannot read the uploaded mask ({type(e).__name__})") from None
+        raise InvalidInputError(f"label: cannot read the uploaded mask ({type(e).__name__})") from None
     mask = np.squeeze(mask) if mask.ndim > len(spatial_shape) else mask
     if slice_info is not None and mask.shape == tuple(slice_info[2]):
         axis, index, _ = slice_info
         mask = np.take(mask, index, axis=axis)
     if mask.shape != tuple(spatial_shape):
-        raise ValueError(f"label: the uploaded mask has shape {mask.shape}, the image {tuple(spatial_shape)}")
+        raise InvalidInputError(f"label: the uploaded mask has shape {mask.shape}, the image {tuple(spatial_shape)}")
     values = np.unique(mask)
     if not np.all(np.isin(values, (0, 1))):
         shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
-        raise ValueError(f"label: the uploaded mask must be binary (0/1), it holds {shown}")
+        raise InvalidInputError(f"label: the uploaded mask must be binary (0/1), it holds {shown}")
     if not values.any():
-        raise ValueError("label: the uploaded mask is empty; place interior margin points instead")
+        raise InvalidInputError("label: the uploaded mask is empty; place interior margin points instead")
     return mask.astype(bool)
 
 

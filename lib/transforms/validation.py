@@ -1,4 +1,5 @@
-"""Checks of inputs (images and click coordinates) that raise clear ``ValueError``s.
+"""Checks of inputs (images and click coordinates) that raise
+:class:`InvalidInputError` (a ``ValueError``) naming the problem.
 
 Points are voxel indices of a channel-first image, given as an ``(N, ndim)`` integer
 array (or anything ``np.asarray`` turns into one), in the same axis order as the
@@ -12,11 +13,19 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
+class InvalidInputError(ValueError):
+    """The caller's input (image, points, request parameters, an uploaded file) is wrong.
+
+    The server answers it with HTTP 400 and this message; any other exception inside the
+    pipeline is a fault of the server (HTTP 500), never blamed on the request.
+    """
+
+
 def as_points(points: Sequence | np.ndarray | None, ndim: int, name: str = "points") -> np.ndarray:
     """Convert ``points`` into an ``(N, ndim)`` int64 array, checking only their form.
 
     Raises:
-        ValueError: when a value is not numeric, not integral, or a point has the wrong
+        InvalidInputError: when a value is not numeric, not integral, or a point has the wrong
             number of coordinates.
     """
     if points is None:
@@ -24,20 +33,20 @@ def as_points(points: Sequence | np.ndarray | None, ndim: int, name: str = "poin
     try:
         arr = np.asarray(points, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: coordinates must be numbers, got {points!r}") from e
+        raise InvalidInputError(f"{name}: coordinates must be numbers, got {points!r}") from e
     if arr.size == 0:
         return np.zeros((0, ndim), dtype=np.int64)
     if arr.ndim == 1 and arr.shape[0] == ndim:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != ndim:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name}: each point needs exactly {ndim} coordinates (got an array of shape {arr.shape})"
         )
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: coordinates must be finite numbers")
+        raise InvalidInputError(f"{name}: coordinates must be finite numbers")
     rounded = np.rint(arr)
     if np.any(np.abs(arr - rounded) > 1e-6):
-        raise ValueError(f"{name}: coordinates must be integer voxel indices, got {arr.tolist()}")
+        raise InvalidInputError(f"{name}: coordinates must be integer voxel indices, got {arr.tolist()}")
     return rounded.astype(np.int64)
 
 
@@ -58,20 +67,20 @@ def validate_points(
         allow_duplicates: accept the same voxel twice.
 
     Raises:
-        ValueError: naming the problem (too few points, a point outside the image,
+        InvalidInputError: naming the problem (too few points, a point outside the image,
             wrong number of coordinates, duplicated points).
     """
     shape = np.asarray(spatial_shape, dtype=np.int64)
     arr = as_points(points, len(shape), name)
     if len(arr) < min_count:
-        raise ValueError(f"{name}: at least {min_count} points are needed, got {len(arr)}")
+        raise InvalidInputError(f"{name}: at least {min_count} points are needed, got {len(arr)}")
     outside = np.any((arr < 0) | (arr >= shape[None]), axis=1)
     if np.any(outside):
-        raise ValueError(
+        raise InvalidInputError(
             f"{name}: point(s) {arr[outside].tolist()} lie outside the image of shape {tuple(shape.tolist())}"
         )
     if not allow_duplicates and len(np.unique(arr, axis=0)) != len(arr):
-        raise ValueError(f"{name}: the same voxel is given more than once: {arr.tolist()}")
+        raise InvalidInputError(f"{name}: the same voxel is given more than once: {arr.tolist()}")
     return arr
 
 
@@ -87,22 +96,22 @@ def check_image(image: np.ndarray, name: str = "image", require_contrast: bool =
     """Check a channel-first image with 2 or 3 spatial axes and return it as a numpy array.
 
     Raises:
-        ValueError: if it is not ``(C, H, W)`` or ``(C, H, W, D)``, has no voxels, holds
+        InvalidInputError: if it is not ``(C, H, W)`` or ``(C, H, W, D)``, has no voxels, holds
             non-finite values, or (with ``require_contrast``) is constant.
     """
     arr = np.asarray(image)
     if arr.ndim not in (3, 4):
-        raise ValueError(
+        raise InvalidInputError(
             f"{name}: expected a channel-first 2D (C,H,W) or 3D (C,H,W,D) array, got shape {arr.shape}"
         )
     if arr.size == 0 or min(arr.shape) == 0:
-        raise ValueError(f"{name}: the image is empty (shape {arr.shape})")
+        raise InvalidInputError(f"{name}: the image is empty (shape {arr.shape})")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{name}: expected real numbers, got dtype {arr.dtype}")
+        raise InvalidInputError(f"{name}: expected real numbers, got dtype {arr.dtype}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: the image holds NaN or infinite values")
+        raise InvalidInputError(f"{name}: the image holds NaN or infinite values")
     if require_contrast and float(arr.max()) == float(arr.min()):
-        raise ValueError(f"{name}: the image is constant (every voxel is {float(arr.min())}); nothing to segment")
+        raise InvalidInputError(f"{name}: the image is constant (every voxel is {float(arr.min())}); nothing to segment")
     return arr
 
 
