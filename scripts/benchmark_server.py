@@ -13,8 +13,11 @@ OHIF do:
 
 Prints one table per case: wall time of each request as the client sees it, the server's
 per-stage timing from the result JSON (load, egd, network, fusion, graph_cut, restore,
-write), and the Dice after each request; medians over the refinement clicks. Asserts
-nothing about time.
+write), and the Dice after each request; medians over the refinement clicks. With
+``--worst-case``, also the most expensive request the app accepts, with nothing cached: new
+margin points (moved one voxel) and the per-request limit of refinement clicks
+(``lib.edge.params``), half foreground inside the object and half background outside it
+in its box. Asserts nothing about time.
 
 Without ``--url`` it starts a server (``monailabel start_server``) on a temporary copy of
 ``--studies`` (empty when not given) plus the two benchmark images, with ``--conf model_dir``
@@ -45,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lib.app_server import start_app_server  # noqa: E402
+from lib.edge.params import MAX_REFINEMENT_CLICKS  # noqa: E402
 from lib.metrics import dice  # noqa: E402
 from lib.processes import free_port, stop_group  # noqa: E402
 from lib.transforms.margin_points import extreme_margin_points  # noqa: E402
@@ -145,6 +149,21 @@ def run_case(client, name: str, model: str, image_id: str, reference: np.ndarray
     return rows
 
 
+def worst_case(client, model: str, image_id: str, reference: np.ndarray, spacing, seed: int = 0) -> dict:
+    """The most expensive documented request, cold (see the module doc); one row."""
+    rng = np.random.default_rng(seed)
+    top = np.asarray(reference.shape) - 1
+    margin = np.clip(extreme_margin_points(reference, spacing) + 1, 0, top)
+    each = MAX_REFINEMENT_CLICKS[reference.ndim] // 2
+    idx = np.argwhere(reference)
+    box = tuple(slice(lo, hi + 1) for lo, hi in zip(idx.min(0), idx.max(0)))
+    outside = np.argwhere(~reference[box]) + idx.min(0)
+    fg = idx[rng.choice(len(idx), each, replace=False)]
+    bg = outside[rng.choice(len(outside), each, replace=False)]
+    mask, result, wall = infer(client, model, image_id, np.concatenate([margin, fg]), bg)
+    return {"request": f"cold, {each} fg + {each} bg clicks", "wall": wall, "result": result, "dice": dice(mask, reference)}
+
+
 def format_table(name: str, shape, rows: list[dict]) -> str:
     header = ["request", "wall"] + list(STAGES) + ["server", "cached", "Dice"]
     lines = [f"{name}  image {tuple(int(s) for s in shape)}  (seconds)", ""]
@@ -163,7 +182,7 @@ def format_table(name: str, shape, rows: list[dict]) -> str:
         cells = [r["request"], fmt(r["wall"])] + [fmt(timing.get(s)) for s in STAGES]
         cells += [fmt(sum(timing.get(s, 0.0) for s in STAGES)), str(r["result"].get("stage1_cached")), f"{r['dice']:.4f}"]
         lines.append(line(cells))
-    clicks = rows[1:]
+    clicks = [r for r in rows if r["request"].startswith("click")]
     if clicks:
         def med(values):
             values = [v for v in values if v is not None]
@@ -186,6 +205,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clicks", type=int, default=5, help="robot refinement clicks per case")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--worst-case", action="store_true", help="also the most expensive accepted request, cold")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -227,6 +247,8 @@ def main(argv=None) -> int:
             reference_raw, spacing = load(refs / f"{image_id}{ext}")
             reference = reference_raw > 0
             rows = run_case(client, name, model, image_id, reference, spacing, args.clicks)
+            if args.worst_case:
+                rows.append(worst_case(client, model, image_id, reference, spacing))
             tables.append(format_table(name, reference.shape, rows))
             results[name] = rows
         print(f"\nMIDeepSeg over REST ({url}); wall = client round trip (request, server, result file received and written)")

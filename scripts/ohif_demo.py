@@ -20,6 +20,20 @@ if str(ROOT) not in sys.path:
 
 from lib.dicomweb.stack import ohif_stack  # noqa: E402
 
+MARKER = ".midepseg-ohif-demo"  # in a work folder this demo made, and may therefore empty
+
+
+def fresh_work_dir(path: Path) -> None:
+    """Empty ``path`` for a fresh PACS and cache, but only a folder this demo made (or an
+    empty or missing one): any other folder is left alone and the demo stops, naming it."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise SystemExit(f"--work {path} is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not (path / MARKER).is_file():
+        raise SystemExit(f"--work {path} holds files this demo did not make; give a new or empty folder")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    (path / MARKER).touch()
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orthanc-port", type=int, default=8042, help="Orthanc HTTP/DICOMweb port")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    shutil.rmtree(args.work, ignore_errors=True)  # a fresh PACS and cache every time
+    fresh_work_dir(args.work)  # a fresh PACS and cache every time
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C, `kill`, closed terminal
         signal.signal(sig, lambda *_: sys.exit(0))  # unwinds the `with`, which stops both servers
     with ohif_stack(args.work, app_port=args.port, pacs_port=args.orthanc_port) as stack:

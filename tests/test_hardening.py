@@ -601,3 +601,61 @@ def test_rejected_labels_leave_the_pacs_and_its_cache_unchanged(tmp_path, upload
                           files={"params": (None, json.dumps({"foreground": [[1, 1, 1], [5, 5, 5]]}))}, timeout=60)
         assert r.status_code == 404, r.text
         assert state() == before, "a rejected label changed what the PACS or the cache holds"
+
+
+def test_a_request_past_its_budget_stops_with_503_and_the_task_keeps_answering(cases):
+    """In-process: with a budget of 0 s the task stops before stage 1 with
+    ``BudgetExceeded`` (the edge answers it 503 with Retry-After); the same task with a
+    budget answers the same request."""
+    from configs.midepseg import MIDeepSeg2DConfig
+    from lib.edge.errors import http_error
+    from lib.infers.budget import BudgetExceeded
+
+    config = MIDeepSeg2DConfig()
+    config.init("midepseg_2d", str(REPO_ROOT / "apps" / "midepseg" / "model"), {"request_budget_s": "0"}, None)
+    task = config.infer()
+    request = {"image": str(SAMPLE / f"{IMAGE_2D}.png"), "foreground": cases["midepseg_2d"]["margins"][0],
+               "result_extension": ".nii.gz"}
+    with pytest.raises(BudgetExceeded, match="time budget of 0 s") as stopped:
+        task(dict(request))
+    answer = http_error(stopped.value, "answering POST /infer/midepseg_2d")
+    assert answer.status_code == 503 and "Retry-After" in answer.headers
+    task.budget_s = 60.0
+    path, result = task(dict(request))
+    os.unlink(path)
+    assert result["stage"] == 1 and result["voxels"] > 0
+
+
+def test_the_ohif_demo_empties_only_a_work_folder_it_made(tmp_path):
+    """``scripts/ohif_demo.py --work DIR`` used to delete DIR whatever it held."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ohif_demo", REPO_ROOT / "scripts" / "ohif_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    precious = tmp_path / "mine" / "notes.txt"
+    precious.parent.mkdir()
+    precious.write_text("an annotator's notes")
+    with pytest.raises(SystemExit, match="did not make"):
+        demo.fresh_work_dir(precious.parent)
+    assert precious.read_text() == "an annotator's notes"
+    work = tmp_path / "demo"
+    demo.fresh_work_dir(work)
+    (work / "orthanc.log").write_text("old run")
+    demo.fresh_work_dir(work)  # a folder it made: emptied for a fresh run
+    assert [p.name for p in work.iterdir()] == [demo.MARKER]
+
+
+def test_what_slicer_and_ohif_send_is_accepted(server, cases):
+    """Slicer's deepgrow request carries the segment's name as ``label`` and the task's
+    options as strings; OHIF adds ``restore_label_idx``; MONAILabelClient ``client_id``.
+    None of it is an uploaded mask or an unknown key: stage 1 answers."""
+    margin = cases["midepseg_2d"]["margins"][0]
+    slicer = {"foreground": margin, "background": [], "label": "object", "margin_points": "4", "lamda": "5",
+              "sigma": "0.1", "result_extension": ".nrrd", "result_dtype": "uint8", "client_id": "user-xyz"}
+    ohif = {"foreground": margin, "background": [], "result_extension": ".nrrd", "result_dtype": "uint8",
+            "result_compress": False, "restore_label_idx": False}
+    for params in (slicer, ohif):
+        status, _, text = _infer("midepseg_2d", IMAGE_2D, params).send(server.url)
+        assert status == 200, text
+        assert '"stage": 1' in text and '"start": "stage 1"' in text, text
