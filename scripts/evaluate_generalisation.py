@@ -80,9 +80,9 @@ class CueZeroed(torch.nn.Module):
         return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def make_tasks(config_class, name: str, model_dir: Path, precision: str = "auto") -> dict:
+def make_tasks(config_class, name: str, model_dir: Path, precision: str = "auto", conf: dict | None = None) -> dict:
     config = config_class()
-    config.init(name, str(model_dir), {"precision": precision}, None)
+    config.init(name, str(model_dir), {"precision": precision, **(conf or {})}, None)
     trained = config.infer()
     untrained = config.infer()
     untrained.path = []
@@ -159,10 +159,10 @@ def reference(case: dict, loader: LoadImage) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(
     dim: int, model_dir: Path, limit_hc18: int | None, precision: str = "auto", folder: Path | None = None,
-    baselines: tuple[str, ...] = (),
+    baselines: tuple[str, ...] = (), conf: dict | None = None,
 ) -> list[dict]:
     config = MIDeepSeg2DConfig if dim == 2 else MIDeepSeg3DConfig
-    tasks = make_tasks(config, f"midepseg_{dim}d", model_dir, precision)
+    tasks = make_tasks(config, f"midepseg_{dim}d", model_dir, precision, conf)
     methods = [m for m in build_methods(baselines, dims=(dim,))[0] if m.supports(dim)]
     loader = LoadImage(image_only=True)
     rows = []
@@ -227,6 +227,8 @@ def main() -> None:
     parser.add_argument("--limit-hc18", type=int, default=None, help="evaluate only the first N HC18 validation images")
     parser.add_argument("--baselines", nargs="*", default=[], choices=["geodesic", "litemedsam"], help="methods of lib/benchmark on the same points")
     parser.add_argument("--folder", type=Path, default=None, help="evaluate the image/label pairs of this folder (one --dims)")
+    parser.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="a task option as the server's --conf takes it (e.g. --conf stage1_resolution work)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("monailabel", "monai"):
@@ -236,7 +238,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results, tables = {}, []
     for dim in args.dims:
-        rows = evaluate(dim, args.model_dir, args.limit_hc18, args.precision, args.folder, tuple(args.baselines))
+        rows = evaluate(dim, args.model_dir, args.limit_hc18, args.precision, args.folder, tuple(args.baselines),
+                        dict(args.conf))
         results[f"{dim}d"] = rows
         tables.append(summary(rows, dim))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
