@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from monai.transforms import Compose, NormalizeIntensity
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -54,10 +55,12 @@ from lib.infers.budget import DEFAULT_BUDGET_S, StartDeadline
 from lib.infers.image_cache import CachedLoadImaged, LRUCache
 from lib.networks import REFINEMENT_IN_CHANNELS, inference_dtype, midepseg_unet, predict_probability, refinement_from_stage1
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
-from lib.transforms.crop import CropByMarginPointsd, RestoreFromCropd, box_border, crop_and_resize, points_to_crop, resample
+from lib.transforms.crop import (
+    CropByMarginPointsd, box_border, box_slices, crop_and_resize, points_to_crop, resample, restore_from_crop, spacing_of,
+)
 from lib.transforms.cues import check_encoding, cue_map
 from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance
-from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd
+from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
 from lib.transforms.monotone_edits import boundary_depth, local_changes, monotone_masks
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
@@ -74,6 +77,13 @@ WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_wo
 PROPOSALS = ("ifgc", "gc", "learned", "geodesic")
 LEARNED_CUTS = ("none", "gc", "ifgc")
 LEARNED_WARM_BATCHES = 8
+# How the stage-1 mask reaches the image (``stage1_resolution``): "work" = the graph cut on
+# the work grid, linearly restored (on a large 3D box its boundary moves in steps of several
+# voxels); "image" = that boundary placed again at the image's resolution by the same graph
+# cut solved in a band one work voxel either side of it (:func:`band_graph_cut`), and the
+# refinement's changes, made on the work grid, added and removed there.
+STAGE1_RESOLUTIONS = ("work", "image")
+DEFAULT_STAGE1_RESOLUTION = {2: "work", 3: "work"}  # "image": measured, not yet the default (README)
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,7 @@ class MIDeepSegInfer(BasicInferTask):
         refinement_options: dict | None = None,
         refinement_path: str | None = None,
         budget_s: float = DEFAULT_BUDGET_S,
+        stage1_resolution: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -213,6 +224,10 @@ class MIDeepSegInfer(BasicInferTask):
         self._learned = _LearnedProposal(self, refinement_path) if self.options.proposal == "learned" else None
         self._refine = _Refinement(self.options, self._distances, self._learned)
         self.budget_s = float(budget_s)
+        stage1_resolution = stage1_resolution or DEFAULT_STAGE1_RESOLUTION[dimension]
+        if stage1_resolution not in STAGE1_RESOLUTIONS:
+            raise ValueError(f"stage1_resolution must be one of {STAGE1_RESOLUTIONS}, got {stage1_resolution!r}")
+        self._restore = _RestoreAndBinarise(stage1_resolution)
         # One request of this task at a time: its caches and its network are shared state.
         self._lock = threading.Lock()
 
@@ -297,17 +312,17 @@ class MIDeepSegInfer(BasicInferTask):
             net_input = torch.as_tensor(np.asarray(net_input), dtype=torch.float32)[None].to(device)
             prob = predict_probability(network, net_input, inference_dtype(self.precision, device))[0].cpu().numpy()
             work_prob = resample(prob[1:], data["work_image"].shape[1:], "bilinear")  # foreground only
-            cached = (work_prob, net_input[0].cpu().numpy())
+            cached = (work_prob, net_input[0].cpu().numpy(), (crop["crop_box"], prob[1:]))
             self._stage1_cache.put(key, cached)
             timing["network"] = time.perf_counter() - start
         data["stage1_cached"] = "network" not in timing
         data["stage1_key"] = key
-        data["pred"], data["stage1_input"] = cached
+        data["pred"], data["stage1_input"], data["stage1_network"] = cached
         data["device"] = device
         return data
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        return [self._refine, _RestoreAndBinarise(), ApplyClicksd(keys="pred"), PasteSliced(keys="pred")]
+        return [self._refine, self._restore, ApplyClicksd(keys="pred"), PasteSliced(keys="pred")]
 
     def run_post_transforms(self, data: dict[str, Any], transforms) -> dict:
         timing = data.setdefault("timing", {})
@@ -370,15 +385,60 @@ class _StopWhenIncomplete:
 
 
 class _RestoreAndBinarise:
-    """Work-grid mask -> original grid (linear interpolation, threshold 0.5)."""
+    """Work-grid mask -> original grid (linear interpolation, threshold 0.5).
 
-    def __init__(self) -> None:
-        self._restore = RestoreFromCropd(keys="pred", prefix="work", mode="bilinear")
+    With ``stage1_resolution = "image"`` and a work grid coarser than the box, the stage-1
+    mask is the work grid's (``stage1_work_mask``, ``M(0, 0)``) placed again at the image's
+    resolution (:meth:`image_stage1`); the voxels the refinement added to or removed from
+    ``M(0, 0)`` on the work grid are restored and added or removed. Both only grow with
+    clicks of their kind, so the edits stay monotone, and where no click changed anything
+    the boundary is the fine one.
+    """
+
+    def __init__(self, stage1_resolution: str = "work") -> None:
+        self.stage1_resolution = stage1_resolution
+        self._fine = LRUCache(16)
 
     def __call__(self, data: dict) -> dict:
-        data = self._restore(data)
-        data["pred"] = (np.asarray(data["pred"]) >= 0.5).astype(np.uint8)
+        box, shape = data["work_box"], data["work_original_shape"]
+        mask = np.asarray(data["pred"])[0] > 0
+        fine = self.stage1_resolution == "image" and data.get("start_mask") is None
+        if not fine or tuple(mask.shape) == tuple(int(v) for v in box[1] - box[0]):
+            data["pred"] = (restore_from_crop(mask[None], box, shape) >= 0.5).astype(np.uint8)
+            return data
+        before = np.asarray(data["stage1_work_mask"]) > 0
+        added = restore_from_crop((mask & ~before)[None], box, shape)[0] >= 0.5
+        removed = restore_from_crop((before & ~mask)[None], box, shape)[0] >= 0.5
+        out = np.zeros(tuple(int(s) for s in shape), dtype=bool)
+        out[box_slices(box)] = self.image_stage1(data, before)
+        data["pred"] = ((out | added) & ~removed).astype(np.uint8)[None]
         return data
+
+    def image_stage1(self, data: dict, work_mask: np.ndarray) -> np.ndarray:
+        """The stage-1 mask on the box at the image's resolution: the graph cut of the
+        network's probability (resampled straight from the network grid) solved in the band
+        where the linearly restored work-grid mask is neither 0 nor 1, widened by a voxel;
+        the rest keeps the restored label. Cached per stage-1 result and graph-cut setting."""
+        key = (data["stage1_key"], data.get("lamda"), data.get("sigma"))
+        cached = self._fine.get(key)
+        if cached is not None:
+            return cached
+        box = data["work_box"]
+        size = tuple(int(v) for v in box[1] - box[0])
+        net_box, net_prob = data["stage1_network"]
+        if not np.array_equal(net_box, box):
+            raise RuntimeError(f"stage 1: the network's box {net_box.tolist()} is not the work box {box.tolist()}")
+        soft = resample(work_mask[None].astype(np.float32), size, "bilinear")[0]
+        band = ndimage.binary_dilation((soft > 0.01) & (soft < 0.99))
+        image = np.asarray(data["image"])[0][box_slices(box)]
+        margin = np.asarray(data["margin_points"]).reshape(-1, len(size)) - box[0]
+        fine = band_graph_cut(
+            image, resample(np.asarray(net_prob), size, "bilinear")[0], soft >= 0.5, band, margin,
+            float(data.get("lamda", DEFAULT_LAMDA)), float(data.get("sigma", DEFAULT_SIGMA)),
+            spacing_of(data, "image"),
+        )
+        self._fine.put(key, fine)
+        return fine
 
 
 class _CachedWorkCrop:
@@ -566,6 +626,7 @@ class _Refinement:
         if (0, 0) not in known:  # the stage-1 cut: cached like every other state
             known[(0, 0)] = self._cut(data, data["fg_clicks_work"][:0], data["bg_clicks_work"][:0], None)
             self._masks.put(self._state_key(data, (0, 0), weights), known[(0, 0)])
+        data["stage1_work_mask"] = known[(0, 0)]
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
             return data

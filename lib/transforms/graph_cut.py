@@ -86,10 +86,7 @@ def graph_cut(
     prob = np.asarray(prob_fg, dtype=np.float64)
     if img.shape != prob.shape:
         raise ValueError(f"graph_cut: image {img.shape} and probability {prob.shape} differ in shape")
-    # 2 sigma^2 must be a positive finite float (sigma = 1e-300 gave NaN edge weights, on
-    # which the max-flow never ended), and lamda finite.
-    if not (np.isfinite(lamda) and lamda >= 0 and np.isfinite(sigma) and 0 < 2.0 * sigma**2 < np.inf):
-        raise ValueError(f"graph_cut: need a finite lamda >= 0 and a finite sigma > 0 whose square does not underflow (got lamda={lamda}, sigma={sigma})")
+    _check_params(lamda, sigma)
     ndim = img.ndim
     if ndim not in (2, 3):
         raise ValueError(f"graph_cut: expected a 2D or 3D spatial array, got shape {img.shape}")
@@ -119,6 +116,90 @@ def graph_cut(
     return mask
 
 
+def band_graph_cut(
+    image: np.ndarray,
+    prob_fg: np.ndarray,
+    fixed: np.ndarray,
+    band: np.ndarray,
+    foreground: np.ndarray | None = None,
+    lamda: float = DEFAULT_LAMDA,
+    sigma: float = DEFAULT_SIGMA,
+    spacing: Sequence[float] | None = None,
+    connectivity: int | None = None,
+) -> np.ndarray:
+    """The cut of :func:`graph_cut` (Eq. 8) solved on the voxels of ``band`` only: every other
+    voxel keeps its label in ``fixed`` and enters the band's energy through the pairwise term
+    (an edge to a fixed foreground voxel is paid when the band voxel ends background, and the
+    reverse). With ``band`` everywhere this is :func:`graph_cut` without its collapse guard.
+
+    Used to place a boundary found on a coarse grid at the image's own resolution: the band is
+    the coarse boundary's uncertainty (a coarse voxel either side), so the graph holds a thin
+    shell instead of the whole box.
+
+    Args:
+        image, prob_fg: spatial arrays of one shape (intensity any range; probability).
+        fixed: bool labels of the voxels outside the band.
+        band: bool, the voxels to decide.
+        foreground: ``(N, ndim)`` voxels forced to 1 (those in the band).
+        lamda, sigma, spacing, connectivity: as in :func:`graph_cut`.
+
+    Returns:
+        bool mask: ``fixed`` outside the band, the minimum cut inside it.
+    """
+    _check_params(lamda, sigma)
+    img = np.asarray(image)
+    shape = img.shape
+    band = np.asarray(band, dtype=bool)
+    fixed = np.asarray(fixed, dtype=bool)
+    if np.shape(prob_fg) != shape or band.shape != shape or fixed.shape != shape:
+        raise ValueError(f"band_graph_cut: image {shape}, probability {np.shape(prob_fg)}, band {band.shape} and "
+                         f"fixed labels {fixed.shape} differ in shape")
+    out = fixed.copy()
+    n = int(band.sum())
+    if n == 0:
+        return out
+    ids = np.full(shape, -1, dtype=np.int64)
+    ids[band] = np.arange(n)
+    prob = np.clip(np.asarray(prob_fg, dtype=np.float64)[band], _EPS, 1.0 - _EPS)
+    cost_fg, cost_bg = -np.log(prob), -np.log1p(-prob)
+    pts = validate_points(foreground, shape, "foreground clicks", allow_duplicates=True)
+    hard = ids[tuple(pts.T)] if len(pts) else np.zeros(0, dtype=np.int64)
+    graph = maxflow.Graph[float]()
+    graph.add_nodes(n)
+    sp = np.ones(img.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    offsets = neighbour_offsets(img.ndim, connectivity or DEFAULT_CONNECTIVITY[img.ndim])
+    intensity = unit_range(img).astype(np.float64) if lamda > 0 else None
+    for off in offsets if lamda > 0 else ():
+        src = tuple(slice(max(0, -o), n_ - max(0, o)) for o, n_ in zip(off, shape))
+        dst = tuple(slice(max(0, o), n_ - max(0, -o)) for o, n_ in zip(off, shape))
+        touching = band[src] | band[dst]  # the neighbour pairs with a band voxel
+        a, b = ids[src][touching], ids[dst][touching]
+        dist = float(np.sqrt(np.sum((np.asarray(off) * sp) ** 2)))
+        w = lamda * _contrast(intensity[src][touching] - intensity[dst][touching], sigma, dist)
+        both = (a >= 0) & (b >= 0)
+        graph.add_edges(a[both], b[both], w[both], w[both])
+        for mine, other, other_fixed in ((a, b, fixed[dst][touching]), (b, a, fixed[src][touching])):
+            edge = (mine >= 0) & (other < 0)
+            to_fg, to_bg = edge & other_fixed, edge & ~other_fixed
+            cost_bg += np.bincount(mine[to_fg], weights=w[to_fg], minlength=n)  # ending background cuts an edge to foreground
+            cost_fg += np.bincount(mine[to_bg], weights=w[to_bg], minlength=n)
+    hard = hard[hard >= 0]
+    cost_fg[hard], cost_bg[hard] = 0.0, _HARD
+    nodes = np.arange(n)
+    graph.add_grid_tedges(nodes, cost_bg, cost_fg)
+    graph.maxflow()
+    out[band] = np.logical_not(graph.get_grid_segments(nodes))
+    return out
+
+
+def _check_params(lamda: float, sigma: float) -> None:
+    """A finite ``lamda >= 0``; a finite ``sigma > 0`` whose ``2 sigma^2`` is a positive float
+    (sigma = 1e-300 gave NaN edge weights, on which the max-flow never ended)."""
+    if not (np.isfinite(lamda) and lamda >= 0 and np.isfinite(sigma) and 0 < 2.0 * sigma**2 < np.inf):
+        raise ValueError(f"graph_cut: need a finite lamda >= 0 and a finite sigma > 0 whose square does not underflow "
+                         f"(got lamda={lamda}, sigma={sigma})")
+
+
 def _unit_edge_weights(img: np.ndarray, sigma: float, sp: np.ndarray, offsets) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(structure, weights)`` per neighbour offset: the pairwise term of Eq. 8 for lamda 1."""
     intensity = unit_range(img).astype(np.float64)
@@ -129,8 +210,13 @@ def _unit_edge_weights(img: np.ndarray, sigma: float, sp: np.ndarray, offsets) -
         dist = float(np.sqrt(np.sum((np.asarray(off) * sp) ** 2)))
         structure = np.zeros((3,) * img.ndim)
         structure[tuple(1 + o for o in off)] = 1
-        edges.append((structure, np.exp(-((intensity - shifted) ** 2) / (2.0 * sigma**2)) / dist))
+        edges.append((structure, _contrast(intensity - shifted, sigma, dist)))
     return edges
+
+
+def _contrast(difference: np.ndarray, sigma: float, dist: float) -> np.ndarray:
+    """The pairwise weight of Eq. 8 for lamda 1: ``exp(-d^2 / 2 sigma^2) / dist``."""
+    return np.exp(-(difference**2) / (2.0 * sigma**2)) / dist
 
 
 def _min_cut(shape: tuple[int, ...], cost_fg, cost_bg, lamda: float, edges) -> np.ndarray:
