@@ -182,3 +182,22 @@ def test_guard_lowers_lamda_only_when_the_cut_would_erase_the_object():
     # a confident probability does not collapse: the guard returns the plain cut unchanged
     confident = np.where(ball, 0.95, 0.05)
     np.testing.assert_array_equal(graph_cut(image, confident, fg, bg, min_kept=0.25), graph_cut(image, confident, fg, bg))
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (20, 24, 18)])
+def test_band_graph_cut_is_the_graph_cut_restricted_to_the_band(shape):
+    """With the band everywhere it is graph_cut; with the optimum fixed outside a random band
+    it gives that optimum back (the restriction of a minimum cut is a minimum cut)."""
+    from lib.transforms.graph_cut import band_graph_cut
+
+    rng = np.random.default_rng(0)
+    img = rng.random(shape)
+    prob = np.clip(rng.random(shape) * 0.6 + (img > 0.5) * 0.3, 0, 1)
+    fg = np.array([[3] * len(shape)])
+    full = graph_cut(img, prob, foreground=fg) > 0
+    everywhere = band_graph_cut(img, prob, np.zeros(shape, bool), np.ones(shape, bool), foreground=fg)
+    np.testing.assert_array_equal(everywhere, full)
+    band = rng.random(shape) < 0.5
+    np.testing.assert_array_equal(band_graph_cut(img, prob, full, band, foreground=fg), full)
+    wrong = ~full  # fixed labels act on the band through the pairwise term
+    assert not np.array_equal(band_graph_cut(img, prob, wrong, band, foreground=fg), full)
