@@ -67,7 +67,6 @@ class MIDeepSegConfig(TaskConfig):
             refinement_path=self.conf.get("refinement_model"),
             budget_s=float(self.conf.get("request_budget_s", DEFAULT_BUDGET_S)),
             stage1_resolution=self.conf.get("stage1_resolution"),
-            work_voxels=int(self.conf["work_voxels"]) if "work_voxels" in self.conf else None,
             description=(
                 f"MIDeepSeg {kind}: click {self.margin_points} interior margin points just inside the object's "
                 "boundary (foreground), then foreground/background clicks to refine"

@@ -152,8 +152,9 @@ def uploads(cases):
     }
 
 
-# Valid as an infer start mask for one model; every other upload is wrong everywhere, so a
-# PUT /datastore/label with it must never store anything.
+# A valid stored label for one of the images (as an infer start mask only the two binary
+# masks are); every other upload fits no image, so a PUT /datastore/label with it must never
+# store anything.
 GOOD_UPLOADS = ("head mask", "spleen mask", "head, values 0-3")
 
 

@@ -549,7 +549,7 @@ def test_bad_uploaded_masks_give_400(server, tmp_path):
         path = tmp_path / f"{name.replace(' ', '_')}.nii.gz"
         nib.save(nib.Nifti1Image(array, affine), str(path))
         cases[name] = (path.name, path.read_bytes())
-    expected = {"not an image": "cannot read", "other shape": "shape", "not binary": "binary"}
+    expected = {"not an image": "not a readable image", "other shape": "shape", "not binary": "binary"}
     for name, (filename, content) in cases.items():
         response = _post_with_label(server, "midepseg_3d", "ct", params, filename, content)
         assert response.status_code == 400, (name, response.status_code, response.text[:300])

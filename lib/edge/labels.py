@@ -22,7 +22,8 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 from monailabel.interfaces.exception import ImageNotFoundException
 
-from lib.transforms.validation import InvalidInputError
+from lib.infers.image_cache import SHARED_LOADER
+from lib.transforms.validation import InvalidInputError, read_upload
 
 logger = logging.getLogger(__name__)
 
@@ -49,39 +50,22 @@ def label_extension(filename: str) -> str:
 def check_label_file(label_path: str, image_path: str) -> None:
     """Check an uploaded label against its image before it is stored.
 
-    The label must be readable by MONAI's ``LoadImage``, have the image's spatial shape
-    (after dropping singleton axes; a colour 2D image's channel axis does not count) and
-    hold finite non-negative integer values (class indices).
+    The label must be readable by MONAI's ``LoadImage``, have the image's spatial shape as
+    the server loads it (:data:`lib.infers.image_cache.SHARED_LOADER`, cached: a colour 2D
+    image has two axes; singleton axes of the label are dropped) and hold finite
+    non-negative integer values (class indices).
 
     Raises:
         InvalidInputError: naming the problem.
     """
-    from monai.transforms import LoadImage
-
-    try:
-        label = np.asarray(LoadImage(image_only=True)(label_path))
-    except MemoryError:
-        raise
-    except Exception as e:  # any reader failure: the upload is not an image
-        raise InvalidInputError(f"label: the uploaded file is not a readable image ({type(e).__name__})") from None
-    image_shape = _spatial_shape(image_path)
+    label = read_upload(label_path, "label")
+    image_shape = tuple(int(s) for s in SHARED_LOADER.load(image_path)[0].shape[1:])
     if tuple(np.squeeze(label).shape) != tuple(s for s in image_shape if s != 1):
         raise InvalidInputError(f"label: the uploaded label has shape {label.shape}, the image {image_shape}")
     if not np.issubdtype(label.dtype, np.number) or not np.all(np.isfinite(label)):
         raise InvalidInputError("label: values must be finite numbers")
     if label.size and (label.min() < 0 or np.any(label != np.round(label))):
         raise InvalidInputError("label: values must be non-negative integers (class indices)")
-
-
-def _spatial_shape(image_path: str) -> tuple[int, ...]:
-    """The image's spatial shape as LoadImage reads it (a 2D colour image: its two axes)."""
-    from monai.transforms import LoadImage
-
-    image = LoadImage(image_only=True)(image_path)
-    shape = tuple(int(s) for s in image.shape)
-    if len(shape) == 3 and shape[-1] in (3, 4) and image_path.lower().endswith((".png", ".jpg", ".jpeg")):
-        shape = shape[:2]
-    return shape
 
 
 def atomic_copy(src: str, dst: str) -> None:

@@ -312,7 +312,8 @@ class MIDeepSegInfer(BasicInferTask):
             net_input = torch.as_tensor(np.asarray(net_input), dtype=torch.float32)[None].to(device)
             prob = predict_probability(network, net_input, inference_dtype(self.precision, device))[0].cpu().numpy()
             work_prob = resample(prob[1:], data["work_image"].shape[1:], "bilinear")  # foreground only
-            cached = (work_prob, net_input[0].cpu().numpy(), (crop["crop_box"], prob[1:]))
+            network_box = (crop["crop_box"], prob[1:]) if self._restore.stage1_resolution == "image" else None
+            cached = (work_prob, net_input[0].cpu().numpy(), network_box)
             self._stage1_cache.put(key, cached)
             timing["network"] = time.perf_counter() - start
         data["stage1_cached"] = "network" not in timing
@@ -402,16 +403,15 @@ class _RestoreAndBinarise:
     def __call__(self, data: dict) -> dict:
         box, shape = data["work_box"], data["work_original_shape"]
         mask = np.asarray(data["pred"])[0] > 0
-        fine = self.stage1_resolution == "image" and data.get("start_mask") is None
-        if not fine or tuple(mask.shape) == tuple(int(v) for v in box[1] - box[0]):
+        if data.get("stage1_network") is None or tuple(mask.shape) == tuple(int(v) for v in box[1] - box[0]):
             data["pred"] = (restore_from_crop(mask[None], box, shape) >= 0.5).astype(np.uint8)
             return data
         before = np.asarray(data["stage1_work_mask"]) > 0
-        added = restore_from_crop((mask & ~before)[None], box, shape)[0] >= 0.5
-        removed = restore_from_crop((before & ~mask)[None], box, shape)[0] >= 0.5
-        out = np.zeros(tuple(int(s) for s in shape), dtype=bool)
-        out[box_slices(box)] = self.image_stage1(data, before)
-        data["pred"] = ((out | added) & ~removed).astype(np.uint8)[None]
+        size = tuple(int(v) for v in box[1] - box[0])
+        changes = resample(np.stack([mask & ~before, before & ~mask]).astype(np.float32), size, "bilinear") >= 0.5
+        out = np.zeros(tuple(int(s) for s in shape), dtype=np.uint8)
+        out[box_slices(box)] = (self.image_stage1(data, before) | changes[0]) & ~changes[1]
+        data["pred"] = out[None]
         return data
 
     def image_stage1(self, data: dict, work_mask: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .validation import InvalidInputError
+from .validation import InvalidInputError, read_upload
 
 
 def read_start_mask(path: str, spatial_shape: Sequence[int], slice_info: tuple | None = None) -> np.ndarray:
@@ -29,14 +29,7 @@ def read_start_mask(path: str, spatial_shape: Sequence[int], slice_info: tuple |
     Raises:
         InvalidInputError: unreadable file, other shape, values other than 0 and 1, or an empty mask.
     """
-    from monai.transforms import LoadImage
-
-    try:
-        mask = np.asarray(LoadImage(image_only=True)(path))
-    except MemoryError:  # the server's fault, not the upload's
-        raise
-    except Exception as e:  # any reader failure: the upload is not an image
-        raise InvalidInputError(f"label: cannot read the uploaded mask ({type(e).__name__})") from None
+    mask = read_upload(path, "label")
     mask = np.squeeze(mask) if mask.ndim > len(spatial_shape) else mask
     if slice_info is not None and mask.shape == tuple(slice_info[2]):
         axis, index, _ = slice_info

@@ -21,6 +21,20 @@ class InvalidInputError(ValueError):
     """
 
 
+def read_upload(path: str, what: str) -> np.ndarray:
+    """An uploaded image file (``LoadImage``'s axis order) as an array; a file no reader
+    understands raises :class:`InvalidInputError` naming ``what``, a ``MemoryError`` (the
+    server's fault, not the upload's) passes through."""
+    from monai.transforms import LoadImage
+
+    try:
+        return np.asarray(LoadImage(image_only=True)(path))
+    except MemoryError:
+        raise
+    except Exception as e:  # any reader failure: the upload is not an image
+        raise InvalidInputError(f"{what}: the uploaded file is not a readable image ({type(e).__name__})") from None
+
+
 def as_points(points: Sequence | np.ndarray | None, ndim: int, name: str = "points") -> np.ndarray:
     """Convert ``points`` into an ``(N, ndim)`` int64 array, checking only their form.
 

@@ -1,0 +1,72 @@
+"""3D stage 1 at the image's resolution (``--conf stage1_resolution image``) on a box far
+larger than the 48^3 work grid: the boundary follows the object more closely than the
+work grid's restored one, and refinement clicks on top stay monotone with exact undo."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from tests.conftest import APP_MODELS, REPO_ROOT, dice_np
+
+pytestmark = pytest.mark.skipif(not (APP_MODELS / "midepseg_3d.pt").is_file(), reason="shipped 3D weights missing")
+
+
+def _measure_module():
+    spec = importlib.util.spec_from_file_location("measure", REPO_ROOT / "scripts" / "measure_stage1_resolution.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _task(way: str):
+    from configs.midepseg import MIDeepSeg3DConfig
+
+    config = MIDeepSeg3DConfig()
+    config.init("midepseg_3d", str(APP_MODELS), {"stage1_resolution": way}, None)
+    return config.infer()
+
+
+def _mask(task, image: str, foreground, background=()) -> np.ndarray:
+    _, data = task({"image": image, "foreground": np.asarray(foreground).tolist(),
+                    "background": np.asarray(background, dtype=np.int64).reshape(-1, 3).tolist(),
+                    "skip_writer": True, "logging": "WARNING"})
+    return np.asarray(data["pred"]) > 0
+
+
+def test_large_3d_boundary_at_image_resolution_and_monotone_clicks(tmp_path):
+    from lib.transforms.margin_points import extreme_margin_points
+    from lib.transforms.robot_user import corrective_click
+
+    measure = _measure_module()
+    image, truth, spacing = measure.ellipsoid(tmp_path)  # 200 x 170 x 110, box ~ 9x the work grid
+    margin = extreme_margin_points(truth)
+    tasks = {way: _task(way) for way in ("work", "image")}
+    masks = {way: _mask(task, image, margin) for way, task in tasks.items()}
+    close = {way: float(np.mean(measure.distances_to(m, truth) <= 1)) for way, m in masks.items()}
+    dices = {way: dice_np(m, truth) for way, m in masks.items()}
+    print(f"\nboundary voxels within 1 voxel of the surface: {close}; Dice {dices}")
+    # measured: work 0.71 / Dice 0.975, image 0.98 / Dice 0.991
+    assert close["image"] > close["work"] + 0.15
+    assert dices["image"] > dices["work"] + 0.01
+
+    task, fg, bg = tasks["image"], [p for p in margin], []
+    states = [(list(fg), list(bg), masks["image"])]  # the point lists and the mask after each request
+    for _ in range(4):
+        click = corrective_click(states[-1][2], truth, spacing, np.array(fg + bg))
+        if click is None:
+            break
+        point, is_fg = click
+        (fg if is_fg else bg).append(point)
+        mask, previous = _mask(task, image, fg, bg), states[-1][2]
+        if is_fg:
+            assert not np.any(previous & ~mask), "a foreground click removed voxels"
+        else:
+            assert not np.any(mask & ~previous), "a background click added voxels"
+        assert not np.array_equal(mask, previous), "the click changed nothing"
+        states.append((list(fg), list(bg), mask))
+    assert len(states) > 2, "the robot found too little to click"
+    fg_before, bg_before, before = states[-2]  # undo = the request without the last point
+    np.testing.assert_array_equal(_mask(task, image, fg_before, bg_before), before)
