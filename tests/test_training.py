@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig
 from lib.metrics import dice
-from lib.trainers.midepseg_train import group_partition, halving_schedule
+from lib.trainers.midepseg_train import CPUAutocastInferer, MIDeepSegTrain, group_partition, halving_schedule
 from lib.trainers.train_cli import main as train_main
 from lib.transforms.margin_points import extreme_margin_points
 from tests.conftest import stage1_mask
@@ -64,6 +64,7 @@ def test_short_cpu_training_lowers_loss_and_publishes_loadable_weights(tmp_path)
         "--dim", "2", "--images", str(images), "--labels", str(labels), "--output", str(output),
         "--work-dir", str(tmp_path / "work"), "--epochs", "6", "--batch-size", "2", "--lr", "1e-3",
         "--val-fraction", "0.25", "--subject-pattern", r"^(s\d+)_", "--from-scratch", "--threads", "2",
+        "--spatial-size", "48", "48",
     ])
     curves = json.loads((tmp_path / "work" / "runs" / "cli" / "curves.json").read_text())
     losses = curves["loss"]
@@ -72,7 +73,7 @@ def test_short_cpu_training_lowers_loss_and_publishes_loadable_weights(tmp_path)
     assert (tmp_path / "work" / "runs" / "cli" / "curves.png").stat().st_size > 0
 
     checkpoint = torch.load(output, map_location="cpu", weights_only=True)
-    assert set(checkpoint) == {"model"}
+    assert set(checkpoint) == {"model", "grid"} and checkpoint["grid"] == [48, 48]
 
     config = MIDeepSeg2DConfig()
     config.init("midepseg_2d", str(output.parent), {}, None)
@@ -82,7 +83,22 @@ def test_short_cpu_training_lowers_loss_and_publishes_loadable_weights(tmp_path)
     _, data = task({"image": str(images / "s00_img.png"), "foreground": points.tolist(), "background": [],
                     "device": "cpu", "skip_writer": True, "logging": "WARNING"})
     assert task.get_path() == str(output)
+    assert task.network_grid() == (48, 48) and np.shape(data["stage1_input"]) == (2, 48, 48)  # the grid it trained on
     assert dice(np.asarray(data["pred"]) > 0, label) > 0.7
+
+
+def test_bfloat16_training_runs_the_forward_pass_under_cpu_autocast():
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen["autocast"] = torch.is_autocast_cpu_enabled()
+            return torch.nn.functional.conv2d(x, torch.ones(2, 1, 3, 3))
+
+    out = CPUAutocastInferer()(torch.ones(1, 1, 8, 8), Probe())
+    assert seen["autocast"] and out.dtype == torch.float32 and float(out[0, 0, 4, 4]) == 9.0
+    with pytest.raises(ValueError, match="precision"):
+        MIDeepSegTrain("x", torch.nn.Identity(), 2, (8, 8), "x.pt", precision="float16")
 
 
 def _stage1_dice(config_class, name: str, image: str, label: np.ndarray, points: np.ndarray | None = None, **request) -> float:

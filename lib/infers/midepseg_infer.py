@@ -203,6 +203,7 @@ class MIDeepSegInfer(BasicInferTask):
             **kwargs,
         )
         self.spatial_size = tuple(spatial_size)
+        self._grid: tuple = (None, self.spatial_size)
         self.default_margin_points = margin_points
         self.work_voxels = work_voxels or WORK_VOXELS[dimension]
         inference_dtype(precision, "cpu")  # fail at start-up on an unknown precision
@@ -240,7 +241,7 @@ class MIDeepSegInfer(BasicInferTask):
         start = time.perf_counter()
         network = self._get_network(device, None)
         dtype = inference_dtype(self.precision, device)
-        predict_probability(network, torch.zeros((1, 2, *self.spatial_size), device=device), dtype)
+        predict_probability(network, torch.zeros((1, 2, *self.network_grid()), device=device), dtype)
         if self._learned is not None:
             refine = self._learned.network(device)
             for batch in range(1, LEARNED_WARM_BATCHES + 1):
@@ -302,7 +303,7 @@ class MIDeepSegInfer(BasicInferTask):
         if cached is None:
             data["deadline"].check("stage 1")
             start = time.perf_counter()
-            crop = Compose(crop_transforms(self.spatial_size))(
+            crop = Compose(crop_transforms(self.network_grid(model_path)))(
                 {"image": data["image"], "margin_points": data["margin_points"], "spacing": data.get("spacing")}
             )
             net_input = Compose(cue_transforms(self.cue))(crop)["image"]
@@ -370,6 +371,23 @@ class MIDeepSegInfer(BasicInferTask):
             "timing": {k: round(v, 4) for k, v in data.get("timing", {}).items()},
         }
         return self.writer(data)
+
+    def network_grid(self, path: str | None = None) -> tuple[int, ...]:
+        """The stage-1 network's input grid: the ``"grid"`` stored in its weights file (the
+        trainer writes the grid it trained on), else ``spatial_size``; read once per version
+        of the file."""
+        path = path if path is not None else self.get_path()
+        version = (path, self._model_mtime(path))
+        if self._grid[0] != version:
+            grid = self.spatial_size
+            if path and os.path.exists(path):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+                if isinstance(checkpoint, dict) and "grid" in checkpoint:
+                    grid = tuple(int(n) for n in checkpoint["grid"])
+                    if len(grid) != self.dimension:
+                        raise ValueError(f"{path}: grid {grid} is not {self.dimension}D")
+            self._grid = (version, grid)
+        return self._grid[1]
 
     @staticmethod
     def _model_mtime(path: str | None) -> float:
@@ -654,7 +672,7 @@ class _LearnedProposal:
         self.path = path or (str(base).replace(".pt", "_refine.pt") if base else None)
         self._network: torch.nn.Module | None = None
         self._loaded: tuple | None = None  # (device, weights file mtime) of the network held
-        self.grid: tuple[int, ...] = tuple(task.spatial_size)
+        self.grid: tuple[int, ...] = task.network_grid()
         self._lock = threading.Lock()
 
     def network(self, device: str) -> torch.nn.Module:
@@ -666,7 +684,7 @@ class _LearnedProposal:
             loaded = (str(device), MIDeepSegInfer._model_mtime(self.path))
             if self._network is None or loaded != self._loaded:
                 self._loaded = loaded
-                self.grid = tuple(self.task.spatial_size)
+                self.grid = self.task.network_grid()
                 if self.path and os.path.exists(self.path):
                     checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
                     net = midepseg_unet(self.task.dimension, REFINEMENT_IN_CHANNELS)

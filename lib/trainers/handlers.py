@@ -1,5 +1,6 @@
 """Ignite handlers for MIDeepSeg training: learning curves as PNG, and atomic publishing of
-the best checkpoint as a plain ``{"model": state_dict}`` file."""
+the best checkpoint as a plain ``{"model": state_dict, "grid": [...]}`` file (the network
+input grid it was trained on, which the infer task uses)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from ignite.engine import Engine, Events
@@ -31,20 +33,23 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
             os.unlink(tmp)
 
 
-def as_model_checkpoint(checkpoint) -> dict:
-    """Wrap a bare state dict (ignite saves a single object unwrapped) as ``{"model": ...}``."""
+def as_model_checkpoint(checkpoint, grid: Sequence[int] | None = None) -> dict:
+    """Wrap a bare state dict (ignite saves a single object unwrapped) as ``{"model": ...}``,
+    with the network's input ``grid`` when given."""
     if isinstance(checkpoint, dict) and "model" in checkpoint and isinstance(checkpoint["model"], dict):
-        return {"model": checkpoint["model"]}
-    return {"model": checkpoint}
+        checkpoint = checkpoint["model"]
+    return {"model": checkpoint} if grid is None else {"model": checkpoint, "grid": [int(n) for n in grid]}
 
 
 class AtomicPublisher:
     """After each validation, publish the best checkpoint (``key_metric_path``, written by
-    MONAI's ``CheckpointSaver``) to ``publish_path`` when it has changed."""
+    MONAI's ``CheckpointSaver``) to ``publish_path`` when it has changed, with the network's
+    input ``grid``."""
 
-    def __init__(self, key_metric_path: str, publish_path: str) -> None:
+    def __init__(self, key_metric_path: str, publish_path: str, grid: Sequence[int] | None = None) -> None:
         self.key_metric_path = key_metric_path
         self.publish_path = publish_path
+        self.grid = grid
         self._published_mtime: float | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -57,7 +62,7 @@ class AtomicPublisher:
         if mtime == self._published_mtime:
             return
         checkpoint = torch.load(self.key_metric_path, map_location="cpu", weights_only=True)
-        save_atomic(as_model_checkpoint(checkpoint), self.publish_path)
+        save_atomic(as_model_checkpoint(checkpoint, self.grid), self.publish_path)
         self._published_mtime = mtime
         logger.info("published %s -> %s", self.key_metric_path, self.publish_path)
 

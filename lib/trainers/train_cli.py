@@ -22,7 +22,7 @@ import torch
 from monailabel.datastore.local import LocalDatastore
 
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
-from lib.trainers.midepseg_train import MIDeepSegTrain
+from lib.trainers.midepseg_train import TRAIN_PRECISIONS, MIDeepSegTrain
 from lib.transforms.cues import CUE_ENCODINGS
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--from-scratch", action="store_true", help="ignore an existing published model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=TRAIN_PRECISIONS, default="float32",
+                        help="bfloat16: the forward passes under CPU autocast (for CPUs with native bfloat16)")
     parser.add_argument("--cue", choices=CUE_ENCODINGS, default="egd", help="cue encoding of the margin points (ablation)")
     args = parser.parse_args(argv)
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         lr=args.lr,
         subject_pattern=args.subject_pattern,
         cue=args.cue,
+        precision=args.precision,
     )
     request = {
         "name": "cli",
