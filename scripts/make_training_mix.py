@@ -28,15 +28,34 @@ logger = logging.getLogger("make_training_mix")
 HELD_OUT_BRATS = "pat0005"
 
 
-def link(pairs: list[tuple[Path, Path]], out: Path) -> int:
-    """Link each (image, label) pair into ``out``/images and ``out``/labels under the image's name."""
+def link(pairs: list[tuple[Path, Path]], out: Path, copies: dict[str, int] | None = None) -> int:
+    """Link each (image, label) pair into ``out``/images and ``out``/labels under the image's
+    name; a pair whose name starts with a prefix of ``copies`` is linked that many times
+    (``NAME_rK``, the same subject for the validation split: one epoch then draws it K times)."""
     for folder in ("images", "labels"):
         (out / folder).mkdir(parents=True, exist_ok=True)
+    count = 0
     for image, label in pairs:
-        for src, dst in ((image, out / "images" / image.name), (label, out / "labels" / image.name)):
-            if not dst.exists():
-                dst.symlink_to(src.resolve())
-    return len(pairs)
+        times = max([n for prefix, n in (copies or {}).items() if image.name.startswith(prefix)], default=1)
+        stem, suffix = image.name.split(".", 1)
+        for k in range(times):
+            name = image.name if k == 0 else f"{stem}_r{k}.{suffix}"
+            for src, dst in ((image, out / "images" / name), (label, out / "labels" / name)):
+                if not dst.exists():
+                    dst.symlink_to(src.resolve())
+            count += 1
+    return count
+
+
+def parse_copies(values: list[str]) -> dict[str, int]:
+    """``["pat=4", "ana-ct=3"]`` -> ``{"pat": 4, "ana-ct": 3}``."""
+    out = {}
+    for value in values:
+        prefix, _, times = value.partition("=")
+        if not prefix or not times.isdigit() or int(times) < 1:
+            raise argparse.ArgumentTypeError(f"--copies takes PREFIX=N with N >= 1, got {value!r}")
+        out[prefix] = int(times)
+    return out
 
 
 def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
@@ -50,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brats", type=Path, help="3D: output of prepare_brats.py")
     parser.add_argument("--generic", type=Path, help="output of prepare_generic_objects.py")
     parser.add_argument("--hc18-max", type=int, help="2D: at most about this many HC18 images")
+    parser.add_argument("--copies", nargs="*", default=[], metavar="PREFIX=N",
+                        help="link objects whose name starts with PREFIX N times (rare types drawn more often)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -66,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs += [pair for pair in folder_pairs(args.brats) if not pair[0].name.startswith(HELD_OUT_BRATS)]
     if args.generic:
         pairs += folder_pairs(args.generic)
-    logger.info("%d training pairs in %s", link(pairs, args.out), args.out)
+    logger.info("%d training pairs in %s", link(pairs, args.out, parse_copies(args.copies)), args.out)
     return 0
 
 

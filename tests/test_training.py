@@ -18,6 +18,7 @@ from lib.metrics import dice
 from lib.trainers.midepseg_train import CPUAutocastInferer, MIDeepSegTrain, group_partition, halving_schedule
 from lib.trainers.train_cli import main as train_main
 from lib.transforms.margin_points import extreme_margin_points
+from scripts.make_training_mix import link, parse_copies
 from tests.conftest import stage1_mask
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "apps" / "midepseg" / "model"
@@ -54,6 +55,27 @@ def test_group_partition_keeps_subjects_together():
     subject = lambda d: Path(d["image"]).name.split("_")[0]  # noqa: E731
     assert {subject(d) for d in train}.isdisjoint({subject(d) for d in val})
     assert len(val) == 8 and len(train) == 32
+
+
+def test_training_mix_copies_rare_types_within_their_subject(tmp_path):
+    src = tmp_path / "src"
+    pairs = []
+    for name in ("pat0003_tc.nii.gz", "la-abc.nii.gz"):
+        for folder in ("images", "labels"):
+            (src / folder).mkdir(parents=True, exist_ok=True)
+            (src / folder / name).write_bytes(b"x")
+        pairs.append((src / "images" / name, src / "labels" / name))
+    out = tmp_path / "mix"
+    assert link(pairs, out, parse_copies(["pat=3"])) == 4
+    names = sorted(p.name for p in (out / "images").iterdir())
+    assert names == ["la-abc.nii.gz", "pat0003_tc.nii.gz", "pat0003_tc_r1.nii.gz", "pat0003_tc_r2.nii.gz"]
+    assert sorted(p.name for p in (out / "labels").iterdir()) == names
+    items = [{"image": str(out / "images" / n)} for n in names]
+    for seed in range(4):  # the copies never straddle the split
+        train, val = group_partition(items, 0.5, r"^([^_.]+)[_.]", seed)
+        assert len({d["image"].split("/")[-1][:7] == "pat0003" for d in val}) == 1
+    with pytest.raises(Exception, match="PREFIX=N"):
+        parse_copies(["pat=0"])
 
 
 def test_short_cpu_training_lowers_loss_and_publishes_loadable_weights(tmp_path):
