@@ -475,7 +475,7 @@ def test_training_through_server_publishes_model(server):
     assert model_file.is_file()
     assert model_file.stat().st_mtime_ns != before, "training did not publish a new model file"
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=True)
-    assert isinstance(checkpoint, dict) and set(checkpoint) == {"model"}
+    assert isinstance(checkpoint, dict) and set(checkpoint) == {"model", "grid"} and checkpoint["grid"] == [64, 64]
     midepseg_unet(2).load_state_dict(checkpoint["model"], strict=True)
     assert not list(server.model_dir.glob("*.tmp")) and not list(server.model_dir.glob(".*.tmp"))
     assert (server.model_dir / "train_midepseg_2d").is_dir(), "training runs must go under --conf model_dir"
