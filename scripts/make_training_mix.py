@@ -47,15 +47,12 @@ def link(pairs: list[tuple[Path, Path]], out: Path, copies: dict[str, int] | Non
     return count
 
 
-def parse_copies(values: list[str]) -> dict[str, int]:
-    """``["pat=4", "ana-ct=3"]`` -> ``{"pat": 4, "ana-ct": 3}``."""
-    out = {}
-    for value in values:
-        prefix, _, times = value.partition("=")
-        if not prefix or not times.isdigit() or int(times) < 1:
-            raise argparse.ArgumentTypeError(f"--copies takes PREFIX=N with N >= 1, got {value!r}")
-        out[prefix] = int(times)
-    return out
+def copy_spec(value: str) -> tuple[str, int]:
+    """``"pat=4"`` -> ``("pat", 4)`` (an ``argparse`` type: a bad value is a usage error)."""
+    prefix, _, times = value.partition("=")
+    if not prefix or not times.isdigit() or int(times) < 1:
+        raise argparse.ArgumentTypeError(f"--copies takes PREFIX=N with N >= 1, got {value!r}")
+    return prefix, int(times)
 
 
 def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
@@ -69,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brats", type=Path, help="3D: output of prepare_brats.py")
     parser.add_argument("--generic", type=Path, help="output of prepare_generic_objects.py")
     parser.add_argument("--hc18-max", type=int, help="2D: at most about this many HC18 images")
-    parser.add_argument("--copies", nargs="*", default=[], metavar="PREFIX=N",
+    parser.add_argument("--copies", nargs="*", type=copy_spec, default=[], metavar="PREFIX=N",
                         help="link objects whose name starts with PREFIX N times (rare types drawn more often)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -87,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs += [pair for pair in folder_pairs(args.brats) if not pair[0].name.startswith(HELD_OUT_BRATS)]
     if args.generic:
         pairs += folder_pairs(args.generic)
-    logger.info("%d training pairs in %s", link(pairs, args.out, parse_copies(args.copies)), args.out)
+    logger.info("%d training pairs in %s", link(pairs, args.out, dict(args.copies)), args.out)
     return 0
 
 

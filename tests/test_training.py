@@ -3,6 +3,7 @@ loads; the shipped weights segment real held-out cases."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from monai.transforms import LoadImage
+from monailabel.tasks.train.basic_train import Context
 from PIL import Image
 from scipy import ndimage
 
@@ -18,7 +20,7 @@ from lib.metrics import dice
 from lib.trainers.midepseg_train import CPUAutocastInferer, MIDeepSegTrain, group_partition, halving_schedule
 from lib.trainers.train_cli import main as train_main
 from lib.transforms.margin_points import extreme_margin_points
-from scripts.make_training_mix import link, parse_copies
+from scripts.make_training_mix import copy_spec, link
 from tests.conftest import stage1_mask
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "apps" / "midepseg" / "model"
@@ -60,22 +62,23 @@ def test_group_partition_keeps_subjects_together():
 def test_training_mix_copies_rare_types_within_their_subject(tmp_path):
     src = tmp_path / "src"
     pairs = []
-    for name in ("pat0003_tc.nii.gz", "la-abc.nii.gz"):
+    for name in ("pat0003_tc.nii.gz", "la-a.nii.gz", "la-b.nii.gz", "la-c.nii.gz"):
         for folder in ("images", "labels"):
             (src / folder).mkdir(parents=True, exist_ok=True)
             (src / folder / name).write_bytes(b"x")
         pairs.append((src / "images" / name, src / "labels" / name))
     out = tmp_path / "mix"
-    assert link(pairs, out, parse_copies(["pat=3"])) == 4
+    assert link(pairs, out, dict([copy_spec("pat=3")])) == 6
     names = sorted(p.name for p in (out / "images").iterdir())
-    assert names == ["la-abc.nii.gz", "pat0003_tc.nii.gz", "pat0003_tc_r1.nii.gz", "pat0003_tc_r2.nii.gz"]
+    assert [n for n in names if n.startswith("pat")] == ["pat0003_tc.nii.gz", "pat0003_tc_r1.nii.gz", "pat0003_tc_r2.nii.gz"]
     assert sorted(p.name for p in (out / "labels").iterdir()) == names
     items = [{"image": str(out / "images" / n)} for n in names]
-    for seed in range(4):  # the copies never straddle the split
-        train, val = group_partition(items, 0.5, r"^([^_.]+)[_.]", seed)
-        assert len({d["image"].split("/")[-1][:7] == "pat0003" for d in val}) == 1
-    with pytest.raises(Exception, match="PREFIX=N"):
-        parse_copies(["pat=0"])
+    for seed in range(8):  # a subject's copies are all on one side of the validation split
+        _, val = group_partition(items, 0.5, r"^([^_.]+)[_.]", seed)
+        val_names = {Path(d["image"]).name for d in val}
+        assert len({n in val_names for n in names if n.startswith("pat")}) == 1, (seed, val_names)
+    with pytest.raises(argparse.ArgumentTypeError, match="PREFIX=N"):
+        copy_spec("pat=0")
 
 
 def test_short_cpu_training_lowers_loss_and_publishes_loadable_weights(tmp_path):
@@ -119,6 +122,11 @@ def test_bfloat16_training_runs_the_forward_pass_under_cpu_autocast():
 
     out = CPUAutocastInferer()(torch.ones(1, 1, 8, 8), Probe())
     assert seen["autocast"] and out.dtype == torch.float32 and float(out[0, 0, 4, 4]) == 9.0
+    context = Context()
+    context.device = torch.device("cpu")
+    trainer = MIDeepSegTrain("x", torch.nn.Identity(), 2, (8, 8), "x.pt", precision="bfloat16")
+    assert isinstance(trainer.train_inferer(context), CPUAutocastInferer)
+    assert not isinstance(MIDeepSegTrain("x", torch.nn.Identity(), 2, (8, 8), "x.pt").train_inferer(context), CPUAutocastInferer)
     with pytest.raises(ValueError, match="precision"):
         MIDeepSegTrain("x", torch.nn.Identity(), 2, (8, 8), "x.pt", precision="float16")
 
