@@ -8,7 +8,9 @@ import numpy as np
 from scipy import ndimage
 import pytest
 
-from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, click_distances, fuse_probability
+from lib.transforms.fusion import (
+    SPATIAL_WEIGHT, InformationFusiond, click_distance, click_distances, fuse_probability, temper_probability,
+)
 from lib.transforms.egd import geodesic_distance
 
 P = [0.2, 0.7, 0.5, 0.9]
@@ -172,3 +174,21 @@ def test_information_fusion_transform_passes_stage1_through(disk_2d):
     out = InformationFusiond("pred")({"image": image, "pred": np.stack([1 - p_fg, p_fg]), "margin_points": [[30, 34]]})
     assert out["pred"].shape == (1, 64, 64)
     np.testing.assert_allclose(out["pred"][0], p_fg)
+
+
+def test_temperature_one_is_the_identity_and_higher_pulls_towards_one_half():
+    p = np.array([0.0, 0.01, 0.3, 0.5, 0.8, 0.999, 1.0], dtype=np.float32)
+    np.testing.assert_array_equal(temper_probability(p, 1.0), p)
+    tempered = temper_probability(p, 4.0)
+    np.testing.assert_allclose(tempered[3], 0.5, atol=1e-6)
+    assert np.all(np.abs(tempered - 0.5) <= np.abs(p - 0.5) + 1e-6)  # never more confident
+    assert np.all(np.diff(tempered) >= 0)  # the order of the voxels is kept
+    assert 0.8 < tempered[-1] < 0.99  # a saturated 1 is no longer certain
+    # the logit is divided by the temperature
+    logit = np.log(0.8 / 0.2)
+    np.testing.assert_allclose(tempered[4], 1 / (1 + np.exp(-logit / 4)), rtol=1e-5)
+
+
+def test_temperature_must_be_positive():
+    with pytest.raises(ValueError, match="temperature"):
+        temper_probability(np.ones(3), 0.0)

@@ -59,7 +59,7 @@ from lib.transforms.crop import (
     CropByMarginPointsd, box_border, box_slices, crop_and_resize, points_to_crop, resample, restore_from_crop, spacing_of,
 )
 from lib.transforms.cues import check_encoding, cue_map
-from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance
+from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, temper_probability
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
 from lib.transforms.monotone_edits import boundary_depth, local_changes, monotone_masks
 from lib.transforms.refinement_input import refinement_input
@@ -116,6 +116,8 @@ class RefinementOptions:
             on the work grid with the state's clicks as hard constraints: the boundary snaps
             to image edges finer than the network grid) or ``"ifgc"`` (fused with the
             clicks' distances first, as the ``ifgc`` proposal fuses the stage-1 probability).
+        temperature: the probability a state fuses with its clicks is tempered first
+            (:func:`temper_probability`; > 1: a confident network yields more to the clicks).
     """
 
     proposal: str = "ifgc"
@@ -128,6 +130,7 @@ class RefinementOptions:
     depth_reach: bool = False
     learned_cut: str = "none"
     reach_limit: float = 0.0
+    temperature: float = 1.0
 
 
 REFINEMENTS = {
@@ -218,6 +221,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement proposal must be one of {PROPOSALS}, got {self.options.proposal!r}")
         if self.options.learned_cut not in LEARNED_CUTS:
             raise ValueError(f"refinement learned_cut must be one of {LEARNED_CUTS}, got {self.options.learned_cut!r}")
+        if not self.options.temperature > 0:
+            raise ValueError(f"refinement temperature must be > 0, got {self.options.temperature!r}")
         self._loader = CachedLoadImaged(keys="image")
         self._work_crop = _CachedWorkCrop(self.work_voxels)
         self._distances = _CachedClickDistances(self.options.spatial_weight, self.options.smoothing)
@@ -554,6 +559,7 @@ class _Refinement:
             state["pred"] = probability[None]
         fuse = self.options.proposal != "gc" if fuse is None else fuse
         if fuse and len(fg) + len(bg):
+            state["pred"] = temper_probability(np.asarray(state["pred"]), self.options.temperature)
             state["distance_fg"], state["distance_bg"] = self._distance_maps(data, fg, bg, previous)
             state = self._fusion(state)
         return self._graph_cut(state)["pred"][0]

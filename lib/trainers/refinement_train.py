@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 # crops of them; margin-point simulation on full-size ultrasound frames was most of a step).
 MAX_SIDE = {2: 192, 3: 128}
 VAL_CLICKS = (1, 3, 5)
+# The subject of a training file: the anatomy objects' volume (``ana-ct-...``) or the HC18
+# subject number (the 2D mix's names).
+SUBJECT_PATTERN = r"^(ana-[^_]+|\d+)"
 
 
 @dataclass
@@ -315,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rounds", type=int, default=5)
     parser.add_argument("--jitter", type=float, default=0.3)
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--subject-pattern", default=SUBJECT_PATTERN,
+                        help="regular expression whose first group names an image's subject: a subject's images "
+                             "(and make_training_mix.py's copies of them) stay on one side of the validation split")
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", type=Path, help="continue from these refinement weights")
@@ -327,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     stage1 = args.stage1 or Path(__file__).resolve().parents[2] / "apps" / "midepseg" / "model" / f"midepseg_{args.dim}d.pt"
     datalist = [{"image": str(p), "label": str(args.labels / p.name)} for p in sorted(args.images.iterdir())
                 if (args.labels / p.name).exists()]
-    train_list, val_list = group_partition(datalist, args.val_fraction, r"^(ana-[^_]+|\d+)")
+    train_list, val_list = group_partition(datalist, args.val_fraction, args.subject_pattern)
     objects = load_objects([(d["image"], d["label"]) for d in train_list], args.dim)
     val_objects = load_objects([(d["image"], d["label"]) for d in val_list], args.dim)
     logger.info("%d training and %d validation objects", len(objects), len(val_objects))

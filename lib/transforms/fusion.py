@@ -63,6 +63,22 @@ def fuse_probability(
     return ((1.0 - alpha) * p + alpha * e_fg).astype(np.float32)
 
 
+def temper_probability(prob_fg: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``sigmoid(logit(P) / temperature)``: temperature scaling of a foreground probability
+    (any shape, values in [0, 1]; float32 out). ``temperature`` > 1 pulls a confident
+    network's answer towards 0.5, so that in the fusion (Eq. 5) a click's evidence ``E``
+    outweighs it over a larger part of the click's reach; 1 returns ``P`` unchanged."""
+    p = np.asarray(prob_fg, dtype=np.float32)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if temperature == 1.0:
+        return p
+    eps = np.float32(1e-6)
+    q = np.clip(p, eps, 1 - eps)
+    logit = np.log(q) - np.log1p(-q)
+    return (1.0 / (1.0 + np.exp(-logit / np.float32(temperature)))).astype(np.float32)
+
+
 def click_distance(
     image: np.ndarray,
     points: np.ndarray,
