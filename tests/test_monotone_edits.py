@@ -7,7 +7,7 @@ import pytest
 
 from scipy import ndimage
 
-from lib.transforms.monotone_edits import boundary_depth, local_changes, monotone_masks, previous_state
+from lib.transforms.monotone_edits import boundary_depth, claimed_changes, local_changes, monotone_masks, previous_state
 
 
 def _random_proposer(seed: int, shape=(12, 12)):
@@ -105,3 +105,23 @@ def test_a_reach_limit_keeps_a_background_click_to_its_band():
     # a foreground click 2 pixels outside may add what is at most 4 deep outside, not the whole grid
     added = local_changes(np.ones((40, 40), bool), big, np.array([[8, 20]]), np.zeros((0, 2), np.int64), reach=2.0) & ~big
     assert added[6:10, 10:30].all() and not added[:6].any() and not added[34:].any()
+
+
+def test_claimed_changes_keep_only_what_the_nearest_seeds_say():
+    """A row of 20 voxels: the previous mask covers 0-9, a foreground seed at 9 and a
+    background seed at 17 (Euclidean distances, midpoint 13). A proposal that removes 0-5
+    and adds 10-17 keeps the additions nearer to the foreground seed (10-12) and none of the
+    removals (0-5 are nearer to the foreground seed)."""
+    x = np.arange(20, dtype=float)
+    previous = x < 10
+    proposal = (x >= 6) & (x < 18)
+    d_fg, d_bg = np.abs(x - 9), np.abs(x - 17)
+    np.testing.assert_array_equal(claimed_changes(proposal, previous, d_fg, d_bg), x < 13)
+    # only one kind claimed: the other stands as proposed
+    np.testing.assert_array_equal(claimed_changes(proposal, previous, d_fg, d_bg, additions=False), x < 18)
+    np.testing.assert_array_equal(claimed_changes(proposal, previous, d_fg, d_bg, removals=False), (x >= 6) & (x < 13))
+    # seeds of one kind that claim every voxel let that kind of change through unchanged
+    np.testing.assert_array_equal(claimed_changes(proposal, previous, 0 * x, 0 * x + 1), previous | proposal)
+    np.testing.assert_array_equal(claimed_changes(proposal, previous, 0 * x + 1, 0 * x), previous & proposal)
+    with pytest.raises(ValueError, match="shapes"):
+        claimed_changes(proposal, previous, d_fg[:5], d_bg)

@@ -26,7 +26,8 @@ Refinements (``refinement``, :data:`REFINEMENTS`; each a preset of the options b
   thresholded, combined the same way;
 * ``learned_ifgc`` (2D default): the refinement U-Net's probability fused with the clicks
   and cut on the work grid with the repaired IF-GC's options, so that the boundary follows
-  image edges finer than the 64 x 64 network grid.
+  image edges finer than the 64 x 64 network grid; a change stands only where the seeds of
+  its kind are the nearest (``claims``: :func:`lib.transforms.monotone_edits.claimed_changes`).
 
 An uploaded label is refined by the fusion + graph cut with the preset's options (a learned
 proposal needs the stage-1 crop).
@@ -61,7 +62,7 @@ from lib.transforms.crop import (
 from lib.transforms.cues import check_encoding, cue_map
 from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, temper_probability
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
-from lib.transforms.monotone_edits import boundary_depth, local_changes, monotone_masks
+from lib.transforms.monotone_edits import boundary_depth, claimed_changes, local_changes, monotone_masks
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
 from lib.transforms.start_mask import LoadStartMaskd
@@ -76,6 +77,7 @@ WORK_VOXELS = {2: 160 * 160, 3: 48 * 48 * 48}
 WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_work", "background_key": "bg_clicks_work"}
 PROPOSALS = ("ifgc", "gc", "learned", "geodesic")
 LEARNED_CUTS = ("none", "gc", "ifgc")
+CLAIMS = ("none", "removals", "all")
 LEARNED_WARM_BATCHES = 8
 # How the stage-1 mask reaches the image (``stage1_resolution``): "work" = the graph cut on
 # the work grid, linearly restored (on a large 3D box its boundary moves in steps of several
@@ -118,6 +120,12 @@ class RefinementOptions:
             clicks' distances first, as the ``ifgc`` proposal fuses the stage-1 probability).
         temperature: the probability a state fuses with its clicks is tempered first
             (:func:`temper_probability`; > 1: a confident network yields more to the clicks).
+        claims: which of the proposal's changes must be claimed by the state's seeds
+            (:func:`claimed_changes`; :data:`CLAIMS`): ``"none"``; ``"removals"`` (a removed
+            voxel must lie nearer, by :func:`click_distance`, to a background click or box
+            face than to every margin point and foreground click, so that a background click
+            cannot take away what the other seeds hold); ``"all"`` (and an added voxel nearer
+            to a foreground seed than to every background one).
     """
 
     proposal: str = "ifgc"
@@ -131,6 +139,7 @@ class RefinementOptions:
     learned_cut: str = "none"
     reach_limit: float = 0.0
     temperature: float = 1.0
+    claims: str = "none"
 
 
 REFINEMENTS = {
@@ -142,10 +151,11 @@ REFINEMENTS = {
     ),
     "learned": RefinementOptions(proposal="learned", monotone=True),
     # The learned proposal's probability fused with the clicks and cut on the work grid, with
-    # the repaired IF-GC's options; chosen on the selection set (scripts/make_selection_set.py).
+    # the repaired IF-GC's options, its changes kept where the clicks' seeds claim them; both
+    # chosen on the selection set (scripts/make_selection_set.py; README).
     "learned_ifgc": RefinementOptions(
         proposal="learned", monotone=True, learned_cut="ifgc", fusion_margin=False, smoothing=1.0,
-        depth_reach=True, spatial_weight=1.0
+        depth_reach=True, spatial_weight=1.0, claims="all"
     ),
 }
 # The default per dimension: learned + IF-GC in 2D (chosen on the selection set), the repaired
@@ -221,6 +231,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement proposal must be one of {PROPOSALS}, got {self.options.proposal!r}")
         if self.options.learned_cut not in LEARNED_CUTS:
             raise ValueError(f"refinement learned_cut must be one of {LEARNED_CUTS}, got {self.options.learned_cut!r}")
+        if self.options.claims not in CLAIMS:
+            raise ValueError(f"refinement claims must be one of {CLAIMS}, got {self.options.claims!r}")
         if not self.options.temperature > 0:
             raise ValueError(f"refinement temperature must be > 0, got {self.options.temperature!r}")
         self._loader = CachedLoadImaged(keys="image")
@@ -604,6 +616,8 @@ class _Refinement:
             masks = [self._nearest_seed(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
         else:
             masks = [self._cut(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
+        if self.options.claims != "none":
+            masks = [self._claimed(data, mask, prev, fg, bg) for mask, prev, (fg, bg) in zip(masks, previous, clicks)]
         if not (self.options.local or self.options.reach_limit > 0):
             return masks
         out = []
@@ -614,21 +628,40 @@ class _Refinement:
                 out.append(local_changes(mask, prev, fg, bg))
         return out
 
-    def _nearest_seed(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> np.ndarray:
-        """Nearest-seed labelling of one state (the ``geodesic`` proposal); ``previous`` when
-        one kind of seed is missing (nothing to compete with)."""
+    def _seed_distances(self, data: dict, fg: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(distance to the nearest foreground seed, to the nearest background seed)`` of
+        one state by :func:`click_distance`: margin points and foreground clicks against
+        background clicks and the box faces inside the image; ``None`` when one kind is
+        missing."""
         size = data["work_image"].shape[1:]
         border = box_border(size, data["work_box"], data["work_original_shape"])
         fg_sets = [p[None] for p in fg] + ([data["margin_points_work"]] if len(data["margin_points_work"]) else [])
         bg_sets = [p[None] for p in bg] + ([border] if len(border) else [])
         if not fg_sets or not bg_sets:
+            return None
+        return tuple(np.minimum.reduce([self.distances.distance(data, p) for p in sets]) for sets in (fg_sets, bg_sets))
+
+    def _nearest_seed(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """Nearest-seed labelling of one state (the ``geodesic`` proposal); ``previous`` when
+        one kind of seed is missing (nothing to compete with)."""
+        distances = self._seed_distances(data, fg, bg)
+        if distances is None:
             return np.asarray(previous, dtype=bool)
-        d_fg = np.minimum.reduce([self.distances.distance(data, p) for p in fg_sets])
-        d_bg = np.minimum.reduce([self.distances.distance(data, p) for p in bg_sets])
+        d_fg, d_bg = distances
         mask = d_fg < d_bg
         mask[tuple(fg.T)] = True
         mask[tuple(bg.T)] = False
         return mask
+
+    def _claimed(self, data: dict, mask: np.ndarray, previous: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+        """One state's proposal with only the changes its seeds claim (:func:`claimed_changes`)."""
+        distances = self._seed_distances(data, fg, bg)
+        if distances is None:
+            return np.asarray(mask, dtype=bool)
+        claimed = claimed_changes(mask, previous, *distances, additions=self.options.claims == "all")
+        claimed[tuple(fg.T)] = True
+        claimed[tuple(bg.T)] = False
+        return claimed
 
     def _learned_mask(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray, probability: np.ndarray) -> np.ndarray:
         """One state's mask from the learned proposal's probability (``learned_cut``)."""

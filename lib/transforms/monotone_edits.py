@@ -111,6 +111,42 @@ def boundary_depth(mask: np.ndarray, points: np.ndarray, spacing: Sequence[float
     return np.maximum(out, float(sp.min()))
 
 
+def claimed_changes(
+    proposal: np.ndarray,
+    previous: np.ndarray,
+    foreground_distance: np.ndarray,
+    background_distance: np.ndarray,
+    additions: bool = True,
+    removals: bool = True,
+) -> np.ndarray:
+    """``proposal`` reduced to the changes the seeds claim: relative to ``previous``, a voxel
+    may turn foreground only where it is strictly nearer to the foreground seeds than to the
+    background ones (``foreground_distance < background_distance``), and background only
+    where it is strictly nearer to the background seeds. Elsewhere it keeps ``previous``.
+
+    A proposal (a network, a graph cut) may answer a click by moving the boundary far from
+    it; the seeds' distances say which clicks hold a voxel, so a background click cannot
+    remove what lies nearer to the margin points or a foreground click, and the reverse.
+
+    Args:
+        proposal, previous: binary spatial masks of the same shape.
+        foreground_distance, background_distance: per-voxel distances to the nearest seed of
+            each kind, same shape.
+        additions, removals: which kind of change must be claimed (the other stands as
+            proposed).
+
+    Returns:
+        bool mask.
+    """
+    new, old = np.asarray(proposal) > 0, np.asarray(previous) > 0
+    d_fg, d_bg = np.asarray(foreground_distance), np.asarray(background_distance)
+    if not (new.shape == old.shape == d_fg.shape == d_bg.shape):
+        raise ValueError(f"claimed_changes: shapes {new.shape}, {old.shape}, {d_fg.shape}, {d_bg.shape} differ")
+    added = new & (d_fg < d_bg) if additions else new
+    removed = ~new & (d_bg < d_fg) if removals else ~new
+    return (old | added) & ~removed
+
+
 def local_changes(
     proposal: np.ndarray,
     previous: np.ndarray,
