@@ -70,3 +70,15 @@ def test_large_3d_boundary_at_image_resolution_and_monotone_clicks(tmp_path):
     assert len(states) > 2, "the robot found too little to click"
     fg_before, bg_before, before = states[-2]  # undo = the request without the last point
     np.testing.assert_array_equal(_mask(task, image, fg_before, bg_before), before)
+
+
+def test_near_is_the_distance_to_the_mask_in_physical_units():
+    from lib.infers.midepseg_infer import near
+
+    mask = np.zeros((30, 30, 10), dtype=bool)
+    mask[15, 15, 5] = True
+    out = near(mask, 2.0, (1.0, 1.0, 2.0))
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in mask.shape], indexing="ij"), -1)
+    dist = np.sqrt((((grid - [15, 15, 5]) * [1.0, 1.0, 2.0]) ** 2).sum(-1))
+    np.testing.assert_array_equal(out, dist <= 2.0)
+    assert out[15, 15, 4] and out[15, 15, 6] and not out[15, 15, 7] and out[13, 15, 5] and not out[12, 15, 5]

@@ -411,6 +411,19 @@ class MIDeepSegInfer(BasicInferTask):
         return os.path.getmtime(path) if path and os.path.exists(path) else 0.0
 
 
+def near(mask: np.ndarray, reach: float, spacing: Sequence[float]) -> np.ndarray:
+    """Voxels within ``reach`` (physical units) of ``mask`` (bool, spatial), by the Euclidean
+    distance transform of the mask's bounding box grown by ``reach``."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    idx = np.argwhere(mask)
+    pad = np.ceil(reach / sp).astype(np.int64) + 1
+    lo, hi = np.maximum(idx.min(0) - pad, 0), np.minimum(idx.max(0) + pad + 1, mask.shape)
+    sub = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    out = np.zeros(mask.shape, dtype=bool)
+    out[sub] = ndimage.distance_transform_edt(~mask[sub], sampling=sp) <= reach
+    return out
+
+
 class _StopWhenIncomplete:
     """Stop the pipeline (and answer an empty label) until two margin points are in."""
 
@@ -426,9 +439,11 @@ class _RestoreAndBinarise:
     With ``stage1_resolution = "image"`` and a work grid coarser than the box, the stage-1
     mask is the work grid's (``stage1_work_mask``, ``M(0, 0)``) placed again at the image's
     resolution (:meth:`image_stage1`); the voxels the refinement added to or removed from
-    ``M(0, 0)`` on the work grid are restored and added or removed. Both only grow with
-    clicks of their kind, so the edits stay monotone, and where no click changed anything
-    the boundary is the fine one.
+    ``M(0, 0)`` on the work grid are restored and added or removed. Where the fine boundary
+    lies outside the coarse one, a removal would leave a thin rim of it behind, so the fine
+    voxels outside the coarse mask within one work voxel of a removal are removed with it.
+    Additions and removals (with their rims) only grow with clicks of their kind, so the
+    edits stay monotone, and where no click changed anything the boundary is the fine one.
     """
 
     def __init__(self, stage1_resolution: str = "work") -> None:
@@ -443,9 +458,14 @@ class _RestoreAndBinarise:
             return data
         before = np.asarray(data["stage1_work_mask"]) > 0
         size = tuple(int(v) for v in box[1] - box[0])
-        changes = resample(np.stack([mask & ~before, before & ~mask]).astype(np.float32), size, "bilinear") >= 0.5
+        soft = resample(np.stack([mask & ~before, before & ~mask, before]).astype(np.float32), size, "bilinear")
+        added, removed, coarse = soft >= 0.5
+        fine = self.image_stage1(data, before)
+        if removed.any():  # the fine rim outside the coarse mask goes with the removal next to it
+            reach = float(np.max(np.asarray(data["work_spacing"], dtype=np.float64)))
+            removed |= fine & ~coarse & near(removed, reach, spacing_of(data, "image"))
         out = np.zeros(tuple(int(s) for s in shape), dtype=np.uint8)
-        out[box_slices(box)] = (self.image_stage1(data, before) | changes[0]) & ~changes[1]
+        out[box_slices(box)] = (fine | added) & ~removed
         data["pred"] = out[None]
         return data
 
