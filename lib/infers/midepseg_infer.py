@@ -120,6 +120,9 @@ class RefinementOptions:
             clicks' distances first, as the ``ifgc`` proposal fuses the stage-1 probability).
         temperature: the probability a state fuses with its clicks is tempered first
             (:func:`temper_probability`; > 1: a confident network yields more to the clicks).
+        geodesic_weight: with ``depth_reach``, the weight of a click's geodesic distance
+            against its depth-scaled spatial term (< 1: a click reaches further across a
+            region whose intensity varies).
         claims: which of the proposal's changes must be claimed by the state's seeds
             (:func:`claimed_changes`; :data:`CLAIMS`): ``"none"``; ``"removals"`` (a removed
             voxel must lie nearer, by :func:`click_distance`, to a background click or box
@@ -140,6 +143,7 @@ class RefinementOptions:
     reach_limit: float = 0.0
     temperature: float = 1.0
     claims: str = "none"
+    geodesic_weight: float = 1.0
 
 
 REFINEMENTS = {
@@ -233,6 +237,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement learned_cut must be one of {LEARNED_CUTS}, got {self.options.learned_cut!r}")
         if self.options.claims not in CLAIMS:
             raise ValueError(f"refinement claims must be one of {CLAIMS}, got {self.options.claims!r}")
+        if not self.options.geodesic_weight >= 0:
+            raise ValueError(f"refinement geodesic_weight must be >= 0, got {self.options.geodesic_weight!r}")
         if not self.options.temperature > 0:
             raise ValueError(f"refinement temperature must be > 0, got {self.options.temperature!r}")
         self._loader = CachedLoadImaged(keys="image")
@@ -607,7 +613,8 @@ class _Refinement:
             grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(size, point, sp)], indexing="ij", sparse=True)
             euclid = np.sqrt(sum(g**2 for g in grids))
             self._euclid.put(key, euclid)
-        return self.distances.distance(data, point[None], 0.0) + (self.options.spatial_weight / depth) * euclid
+        geodesic = self.distances.distance(data, point[None], 0.0)
+        return self.options.geodesic_weight * geodesic + (self.options.spatial_weight / depth) * euclid
 
     def _distance_maps(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> tuple:
         """``(D^f, D^b)`` of one state's clicks with the options' seed sets (with the paper's
