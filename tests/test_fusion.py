@@ -192,3 +192,15 @@ def test_temperature_one_is_the_identity_and_higher_pulls_towards_one_half():
 def test_temperature_must_be_positive():
     with pytest.raises(ValueError, match="temperature"):
         temper_probability(np.ones(3), 0.0)
+
+
+def test_click_distance_is_its_geodesic_plus_its_weighted_spatial_part(disk_2d):
+    """The infer task caches the two parts apart and sums them: the sum must be the same map."""
+    from lib.transforms.fusion import spatial_distance
+
+    image = disk_2d[0][0]
+    points, spacing = np.array([[20, 30], [40, 41]]), (0.8, 1.3)
+    geodesic = click_distance(image, points, spacing, 0.0, smoothing=1.0)
+    summed = np.asarray(geodesic + 2.5 * spatial_distance(image.shape, points, spacing), dtype=np.float32)
+    np.testing.assert_array_equal(summed, click_distance(image, points, spacing, 2.5, smoothing=1.0))
+    assert not np.array_equal(summed, geodesic)

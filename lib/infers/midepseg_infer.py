@@ -60,7 +60,7 @@ from lib.transforms.crop import (
     CropByMarginPointsd, box_border, box_slices, crop_and_resize, points_to_crop, resample, restore_from_crop, spacing_of,
 )
 from lib.transforms.cues import check_encoding, cue_map
-from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, temper_probability
+from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, spatial_distance, temper_probability
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
 from lib.transforms.monotone_edits import boundary_depth, claimed_changes, local_changes, monotone_masks
 from lib.transforms.refinement_input import refinement_input
@@ -543,8 +543,11 @@ class _CachedWorkCrop:
 
 class _CachedClickDistances:
     """The fusion's distance maps on the work grid (:func:`click_distance` with the task's
-    spatial weight), one per seed set, cached across requests: a new click costs one raster
-    scan."""
+    spatial weight), one per seed set, cached across requests. The geodesic part and the
+    spatial part are cached apart and summed as :func:`click_distance` sums them (the same
+    float32 map), so a new click costs one raster scan whichever spatial weights its maps
+    are asked with (the fusion's depth-scaled maps take the geodesic part, the claims the
+    task's weight)."""
 
     def __init__(self, spatial_weight: float = SPATIAL_WEIGHT, smoothing: float = 0.0) -> None:
         self.spatial_weight = spatial_weight
@@ -554,11 +557,18 @@ class _CachedClickDistances:
     def distance(self, data: dict, points: np.ndarray, spatial_weight: float | None = None) -> np.ndarray:
         """``spatial_weight``: override the task's (0: the geodesic part alone)."""
         weight = self.spatial_weight if spatial_weight is None else spatial_weight
-        key = (data["work_cache_key"], np.asarray(points).tobytes(), weight)
-        dist = self._cache.get(key)
+        key = (data["work_cache_key"], np.asarray(points).tobytes())
+        dist = self._cache.get(key + (weight,))
         if dist is None:
-            dist = click_distance(data["work_image"][0], points, data["work_spacing"], weight, self.smoothing)
-            self._cache.put(key, dist)
+            if weight == 0:
+                dist = click_distance(data["work_image"][0], points, data["work_spacing"], 0.0, self.smoothing)
+            else:
+                spatial = self._cache.get(key + ("spatial",))
+                if spatial is None:
+                    spatial = spatial_distance(data["work_image"].shape[1:], points, data["work_spacing"])
+                    self._cache.put(key + ("spatial",), spatial)
+                dist = np.asarray(self.distance(data, points, 0.0) + weight * spatial, dtype=np.float32)
+            self._cache.put(key + (weight,), dist)
         return dist
 
 
@@ -580,6 +590,7 @@ class _Refinement:
         self._graph_cut = GraphCutd(keys="pred", image_key="work_image", spacing_key="work_spacing", **WORK_KEYS)
         self._masks = LRUCache(1024)
         self._euclid = LRUCache(64)  # a click's Euclidean distance map (mm) on the work grid
+        self._borders = LRUCache(8)  # the box faces inside the image, per work crop
 
     def _state_key(self, data: dict, state: tuple[int, int], weights: float | None) -> tuple:
         """The cache key of one state's mask; ``weights``: the learned network's version."""
@@ -627,8 +638,7 @@ class _Refinement:
         if self.options.fusion_margin and len(margin):
             fg_maps.append(self.distances.distance(data, margin))
         if self.options.border_background:
-            size = data["work_image"].shape[1:]
-            bg_maps.append(self.distances.distance(data, box_border(size, data["work_box"], data["work_original_shape"])))
+            bg_maps.append(self.distances.distance(data, self._border(data)))
         return tuple(np.minimum.reduce(m) if m else None for m in (fg_maps, bg_maps))
 
     def propose(self, data: dict, states, previous) -> list[np.ndarray]:
@@ -655,13 +665,20 @@ class _Refinement:
                 out.append(local_changes(mask, prev, fg, bg))
         return out
 
+    def _border(self, data: dict) -> np.ndarray:
+        """The work grid's faces inside the image (:func:`box_border`), once per work crop."""
+        border = self._borders.get(data["work_cache_key"])
+        if border is None:
+            border = box_border(data["work_image"].shape[1:], data["work_box"], data["work_original_shape"])
+            self._borders.put(data["work_cache_key"], border)
+        return border
+
     def _seed_distances(self, data: dict, fg: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """``(distance to the nearest foreground seed, to the nearest background seed)`` of
         one state by :func:`click_distance`: margin points and foreground clicks against
         background clicks and the box faces inside the image; ``None`` when one kind is
         missing."""
-        size = data["work_image"].shape[1:]
-        border = box_border(size, data["work_box"], data["work_original_shape"])
+        border = self._border(data)
         fg_sets = [p[None] for p in fg] + ([data["margin_points_work"]] if len(data["margin_points_work"]) else [])
         bg_sets = [p[None] for p in bg] + ([border] if len(border) else [])
         if not fg_sets or not bg_sets:

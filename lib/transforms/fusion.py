@@ -104,12 +104,25 @@ def click_distance(
     """
     img = np.asarray(image)
     pts = validate_points(points, img.shape, "clicks", min_count=1, allow_duplicates=True)
-    sp = np.ones(img.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
-    euclid = ndimage.distance_transform_edt(points_to_mask(pts, img.shape) == 0, sampling=sp)
     if smoothing > 0:
         img = ndimage.gaussian_filter(img.astype(np.float32), smoothing)
-    unit = float(np.max(np.asarray(img.shape) * sp)) if scale is None else float(scale)
-    return (geodesic_distance(img, pts) + spatial_weight * euclid / unit).astype(np.float32)
+    dist = geodesic_distance(img, pts)
+    if spatial_weight:
+        dist = dist + spatial_weight * spatial_distance(img.shape, pts, spacing, scale)
+    return np.asarray(dist, dtype=np.float32)
+
+
+def spatial_distance(
+    shape: Sequence[int], points: np.ndarray, spacing: Sequence[float] | None = None, scale: float | None = None
+) -> np.ndarray:
+    """The spatial term of :func:`click_distance` before its weight: the Euclidean distance
+    (physical) of every voxel of a grid of ``shape`` to the nearest of ``points``, in units of
+    ``scale`` (default: the grid's longest physical side). float64."""
+    pts = validate_points(points, tuple(shape), "clicks", min_count=1, allow_duplicates=True)
+    sp = np.ones(len(shape)) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    euclid = ndimage.distance_transform_edt(points_to_mask(pts, tuple(shape)) == 0, sampling=sp)
+    unit = float(np.max(np.asarray(shape) * sp)) if scale is None else float(scale)
+    return euclid / unit
 
 
 def seed_groups(margin: np.ndarray, clicks: np.ndarray) -> list[np.ndarray]:
