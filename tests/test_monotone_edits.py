@@ -7,7 +7,9 @@ import pytest
 
 from scipy import ndimage
 
-from lib.transforms.monotone_edits import boundary_depth, claimed_changes, local_changes, monotone_masks, previous_state
+from lib.transforms.monotone_edits import (
+    boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, previous_state,
+)
 
 
 def _random_proposer(seed: int, shape=(12, 12)):
@@ -125,3 +127,33 @@ def test_claimed_changes_keep_only_what_the_nearest_seeds_say():
     np.testing.assert_array_equal(claimed_changes(proposal, previous, 0 * x + 1, 0 * x), previous & proposal)
     with pytest.raises(ValueError, match="shapes"):
         claimed_changes(proposal, previous, d_fg[:5], d_bg)
+
+
+def test_changes_near_clicks_keep_a_click_to_its_own_reach():
+    """A 2D leak: the previous mask is the object (columns 0-29) plus a leak (columns 30-59,
+    rows 20-39, 20 wide). A background click at its centre (row 30, column 45) is 10 deep
+    (to the leak's top and bottom edges). A proposal that removes the whole leak and the
+    object's columns 0-9 keeps, with radius 2, only the removals within 20 voxels of the
+    click: most of the leak, none of the object; a foreground addition 40 voxels from every
+    foreground click is refused while one next to the click stands."""
+    previous = np.zeros((60, 80), dtype=bool)
+    previous[:, :30] = True
+    previous[20:40, 30:60] = True
+    proposal = previous.copy()
+    proposal[20:40, 30:60] = False
+    proposal[:, :10] = False
+    click = np.array([[30, 45]])
+    assert boundary_depth(previous, click)[0] == 10
+    out = changes_near_clicks(proposal, previous, np.zeros((0, 2)), click, radius=2.0)
+    rows, cols = np.mgrid[:60, :80]
+    within = (rows - 30) ** 2 + (cols - 45) ** 2 <= 20**2
+    np.testing.assert_array_equal(out, previous & ~(within & previous & ~proposal))
+    assert out[:, :10].all() and not out[30, 45] and out[20, 59] == (not within[20, 59])
+    # additions: one next to a foreground click at (30, 70) (depth 10 to the leak's end), one far from it
+    grown = previous.copy()
+    grown[28:33, 60:75] = True
+    grown[0:5, 40:45] = True
+    out = changes_near_clicks(grown, previous, np.array([[30, 70]]), np.zeros((0, 2)), radius=1.5)
+    assert out[28:33, 60:75].all() and not out[0:5, 40:45].any()
+    with pytest.raises(ValueError, match="radius must be > 0"):
+        changes_near_clicks(proposal, previous, click, click, radius=0)

@@ -62,7 +62,7 @@ from lib.transforms.crop import (
 from lib.transforms.cues import check_encoding, cue_map
 from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, spatial_distance, temper_probability
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
-from lib.transforms.monotone_edits import boundary_depth, claimed_changes, local_changes, monotone_masks
+from lib.transforms.monotone_edits import boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
 from lib.transforms.start_mask import LoadStartMaskd
@@ -129,6 +129,9 @@ class RefinementOptions:
             face than to every margin point and foreground click, so that a background click
             cannot take away what the other seeds hold); ``"all"`` (and an added voxel nearer
             to a foreground seed than to every background one).
+        radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
+            click's depth (in the previous mask) of a click of their kind
+            (:func:`changes_near_clicks`; after ``claims``).
     """
 
     proposal: str = "ifgc"
@@ -144,6 +147,7 @@ class RefinementOptions:
     temperature: float = 1.0
     claims: str = "none"
     geodesic_weight: float = 1.0
+    radius_limit: float = 0.0
 
 
 REFINEMENTS = {
@@ -237,6 +241,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement learned_cut must be one of {LEARNED_CUTS}, got {self.options.learned_cut!r}")
         if self.options.claims not in CLAIMS:
             raise ValueError(f"refinement claims must be one of {CLAIMS}, got {self.options.claims!r}")
+        if not self.options.radius_limit >= 0:
+            raise ValueError(f"refinement radius_limit must be >= 0, got {self.options.radius_limit!r}")
         if not self.options.geodesic_weight >= 0:
             raise ValueError(f"refinement geodesic_weight must be >= 0, got {self.options.geodesic_weight!r}")
         if not self.options.temperature > 0:
@@ -655,6 +661,9 @@ class _Refinement:
             masks = [self._cut(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
         if self.options.claims != "none":
             masks = [self._claimed(data, mask, prev, fg, bg) for mask, prev, (fg, bg) in zip(masks, previous, clicks)]
+        if self.options.radius_limit > 0:
+            masks = [changes_near_clicks(mask, prev, fg, bg, self.options.radius_limit, data["work_spacing"])
+                     for mask, prev, (fg, bg) in zip(masks, previous, clicks)]
         if not (self.options.local or self.options.reach_limit > 0):
             return masks
         out = []
@@ -796,9 +805,9 @@ class _LearnedProposal:
             return cached
 
         inputs = []
-        for (fg, bg), prev in zip(clicks, previous):
+        previous_grid = resample(np.stack([np.asarray(p, dtype=np.float32) for p in previous]), grid, "bilinear")
+        for (fg, bg), prev_grid in zip(clicks, previous_grid):
             grid_fg, grid_bg = (points_to_crop(p, work_box, grid) for p in (fg, bg))
-            prev_grid = resample(np.asarray(prev, dtype=np.float32)[None], grid, "bilinear")[0]
             inputs.append(refinement_input(image, cue, grid_fg, grid_bg, prev_grid, click_cue=click_cue))
         x = torch.as_tensor(np.stack(inputs)).to(device)
         prob = predict_probability(network, x, inference_dtype(self.task.precision, device))[:, 1].cpu().numpy()

@@ -194,3 +194,53 @@ def local_changes(
             touched = np.unique(labels[ndimage.binary_dilation(seeds, structure)])
             out[np.isin(labels, touched[touched > 0])] = value
     return out
+
+
+def changes_near_clicks(
+    proposal: np.ndarray,
+    previous: np.ndarray,
+    foreground: np.ndarray,
+    background: np.ndarray,
+    radius: float,
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
+    """``proposal`` reduced to the changes within reach of a click of their kind: relative to
+    ``previous``, a voxel may turn foreground only within ``radius`` times a foreground
+    click's :func:`boundary_depth` (in ``previous``) of that click, and background only
+    likewise near a background click (Euclidean, physical units); elsewhere it keeps
+    ``previous``.
+
+    A click about ``d`` deep in an error region says what lies within about ``d`` of it; a
+    network re-run with the click may answer by moving the boundary far away (a background
+    click in a leak that takes half of the object behind it), which this bound refuses
+    where the seeds' distances (:func:`claimed_changes`) do not.
+
+    Args:
+        proposal, previous: binary spatial masks of the same shape.
+        foreground, background: ``(N, ndim)`` click voxel indices.
+        radius: how many times its own depth a click may reach (> 0).
+        spacing: voxel size (ones when omitted).
+
+    Returns:
+        bool mask.
+    """
+    new, old = np.asarray(proposal) > 0, np.asarray(previous) > 0
+    if new.shape != old.shape:
+        raise ValueError(f"changes_near_clicks: shapes {new.shape} and {old.shape} differ")
+    if not radius > 0:
+        raise ValueError(f"changes_near_clicks: radius must be > 0, got {radius!r}")
+    sp = np.ones(new.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    out = old.copy()
+    for change, points, value in ((new & ~old, foreground, True), (old & ~new, background, False)):
+        pts = np.asarray(points, dtype=np.int64).reshape(-1, new.ndim)
+        if not len(pts) or not change.any():
+            continue
+        near = np.zeros(new.shape, dtype=bool)
+        for point, reach in zip(pts, radius * boundary_depth(old, pts, sp)):
+            lo = np.maximum(point - np.floor(reach / sp).astype(np.int64), 0)
+            hi = np.minimum(point + np.floor(reach / sp).astype(np.int64) + 1, new.shape)
+            box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            grids = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, point, sp)], indexing="ij", sparse=True)
+            near[box] |= sum(g**2 for g in grids) <= reach**2
+        out[change & near] = value
+    return out
