@@ -37,6 +37,17 @@ def midepseg_unet(spatial_dims: int, in_channels: int = IN_CHANNELS) -> BasicUNe
     )
 
 
+def load_unet(path: str, spatial_dims: int, in_channels: int = IN_CHANNELS) -> tuple[BasicUNet, tuple[int, ...] | None]:
+    """A :func:`midepseg_unet` with the weights of a checkpoint the trainers write
+    (``{"model": state_dict, "grid": [...]}``) and the grid stored with them (``None`` when
+    the file holds none)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    net = midepseg_unet(spatial_dims, in_channels)
+    net.load_state_dict(checkpoint["model"])
+    grid = checkpoint.get("grid")
+    return net, None if grid is None else tuple(int(n) for n in grid)
+
+
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 

@@ -81,9 +81,13 @@ class CueZeroed(torch.nn.Module):
 
 
 def make_tasks(config_class, name: str, model_dir: Path, precision: str = "auto", conf: dict | None = None) -> dict:
+    """The trained task (with its stage-1 ensemble, if any) and the model's own network
+    untrained and with its cue zeroed, each alone (``stage1_ensemble none``: a trained member
+    would otherwise answer for them)."""
     config = config_class()
     config.init(name, str(model_dir), {"precision": precision, **(conf or {})}, None)
     trained = config.infer()
+    config.init(name, str(model_dir), {"precision": precision, **(conf or {}), "stage1_ensemble": "none"}, None)
     untrained = config.infer()
     untrained.path = []
     torch.manual_seed(0)

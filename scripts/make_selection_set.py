@@ -4,7 +4,7 @@ trained on) and the left-atrium MRI volumes and dermoscopy images (as luminance)
 ``prepare_generic_objects.py`` holds out of the class-agnostic mix (its ``HELD_OUT_LA``,
 ``HELD_OUT_PH2``: the same first 8 of each). One 2D NIfTI image/label pair per object: the
 largest axial slice of a volume, or one connected component of a 2D label (``--dim 3``: the
-volumes whole). Settings are chosen on these, then reported on the unseen dev sets.
+volumes whole, and two CT structures no network was trained on: :data:`SELECTION_CT`). Settings are chosen on these, then reported on the unseen dev sets.
 
     .venv/bin/python scripts/make_selection_set.py --out runs/data/select2d
     .venv/bin/python scripts/make_selection_set.py --dim 3 --out runs/data/select3d
@@ -29,6 +29,10 @@ LA_CASES = 8
 PH2_CASES = 8
 AXONS_PER_IMAGE = 3
 MIN_AXON_PIXELS = 400
+# 3D only: structures of the TotalSegmentator CT (v2 numbering) that no network was trained
+# on (prepare_anatomy.py's CT_OBJECTS) and no table reports (evaluate_generalisation.py's
+# CT_ORGANS), as their largest connected component; the left iliopsoas' right twin (89) stays out too.
+SELECTION_CT = {18: "small-bowel", 88: "left-iliopsoas"}
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -78,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             save(args.out, name, *largest_slice(image, label, img.header.get_zooms()))
         count += 1
     if args.dim == 3:
+        img = nib.load(str(DATA / "totalseg_ct" / "ct.nii.gz"))
+        image = np.asarray(img.dataobj, dtype=np.float32)
+        labels = np.asarray(nib.load(str(DATA / "totalseg_ct" / "labels.nii.gz")).dataobj).astype(np.int32)
+        for value, name in SELECTION_CT.items():
+            parts, n = ndimage.label(labels == value)
+            largest = parts == 1 + int(np.argmax(ndimage.sum(np.ones_like(parts), parts, range(1, n + 1))))
+            nib.save(nib.Nifti1Image(image, img.affine), args.out / "images" / f"ct-{name}.nii.gz")
+            nib.save(nib.Nifti1Image(largest.astype(np.uint8), img.affine), args.out / "labels" / f"ct-{name}.nii.gz")
+            count += 1
         logger.info("%d selection objects in %s", count, args.out)
         return 0
     for path in sorted((DATA / "ph2" / "images").iterdir())[:PH2_CASES]:

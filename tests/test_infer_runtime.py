@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import nibabel as nib
@@ -107,3 +108,49 @@ def test_cached_click_distances_equal_the_fusion_definition():
         d_fg, d_bg = click_distances(image[0], fg, bg, (1.0, 1.0, 2.0), margin)
         np.testing.assert_array_equal(got_fg, d_fg)
         np.testing.assert_array_equal(got_bg, d_bg)
+
+
+def _stage1_probability(task, image_path: str, points: np.ndarray) -> np.ndarray:
+    """The task's stage-1 foreground probability on the work grid (before any cut)."""
+    data = {"image": image_path, "foreground": points.tolist(), "background": [], "margin_count": len(points),
+            "device": "cpu"}
+    for transform in task.pre_transforms(data):
+        data = transform(data)
+    return np.asarray(task.run_inferer(data, device="cpu")["pred"])
+
+
+def test_stage1_ensemble_averages_the_members_probabilities(tmp_path):
+    """``--conf stage1_ensemble``: the stage-1 probability is the mean of the task's network
+    and each member's (two seeded random 2D networks on the same grid, so the mean commutes
+    with the resampling to the work grid); a member's new weights are used on the next
+    request; a missing member file stops the task at start-up, naming it."""
+    from configs.midepseg import MIDeepSeg2DConfig
+
+    image = np.zeros((96, 80), np.float32)
+    image[30:60, 20:55] = 1.0
+    image += np.random.default_rng(0).normal(0, 0.1, image.shape).astype(np.float32)
+    image_path = str(tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(image, np.eye(4)), image_path)
+    points = np.array([[32, 37], [57, 37], [45, 22], [45, 52]])
+    for name, seed in (("a.pt", 1), ("b.pt", 2)):
+        torch.manual_seed(seed)
+        torch.save({"model": midepseg_unet(2).state_dict()}, tmp_path / name)
+
+    def task(model: str, ensemble: str = "none"):
+        config = MIDeepSeg2DConfig()
+        config.init("midepseg_2d", str(tmp_path), {"stage1_ensemble": ensemble}, None)
+        config.path = str(tmp_path / model)
+        return config.infer()
+
+    alone_a = _stage1_probability(task("a.pt"), image_path, points)
+    alone_b = _stage1_probability(task("b.pt"), image_path, points)
+    assert np.abs(alone_a - alone_b).max() > 0.05
+    both = task("a.pt", "b.pt")
+    np.testing.assert_allclose(_stage1_probability(both, image_path, points), (alone_a + alone_b) / 2, atol=1e-5)
+    torch.manual_seed(3)
+    torch.save({"model": midepseg_unet(2).state_dict()}, tmp_path / "b.pt")
+    os.utime(tmp_path / "b.pt", (1e9, 1e9))  # a new version, whatever the clock's resolution
+    alone_b = _stage1_probability(task("b.pt"), image_path, points)
+    np.testing.assert_allclose(_stage1_probability(both, image_path, points), (alone_a + alone_b) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="no weights at .*missing.pt"):
+        task("a.pt", "missing.pt")

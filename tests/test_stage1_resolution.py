@@ -25,7 +25,7 @@ def _task(way: str):
     from configs.midepseg import MIDeepSeg3DConfig
 
     config = MIDeepSeg3DConfig()
-    config.init("midepseg_3d", str(APP_MODELS), {"stage1_resolution": way}, None)
+    config.init("midepseg_3d", str(APP_MODELS), {"stage1_resolution": way, "stage1_ensemble": "none"}, None)
     return config.infer()
 
 

@@ -32,7 +32,7 @@ from monailabel.tasks.activelearning.first import First  # noqa: E402
 from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from monailabel.utils.others.generic import device_map  # noqa: E402
 
-from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig, MIDeepSegConfig  # noqa: E402
+from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig, MIDeepSegConfig, ensemble_names  # noqa: E402
 from lib.dicomweb.datastore import dicomweb_datastore  # noqa: E402
 from lib.edge.errors import ServerBusy, UnknownResource  # noqa: E402
 from lib.edge.exposure import ExposurePolicy, check_listen_host, listen_host  # noqa: E402
@@ -67,8 +67,9 @@ class MIDeepSegApp(MONAILabelApp):
         self.model_dir = conf.get("model_dir", shipped)
         if os.path.realpath(self.model_dir) != os.path.realpath(shipped):
             os.makedirs(self.model_dir, exist_ok=True)
-            for name in (f"{model}{suffix}" for model in MODELS for suffix in ("", "_refine")):
-                src, dst = os.path.join(shipped, f"{name}.pt"), os.path.join(self.model_dir, f"{name}.pt")
+            members = [n for c in MODELS.values() for n in ensemble_names(c.stage1_ensemble)]
+            for file in [f"{model}{suffix}.pt" for model in MODELS for suffix in ("", "_refine")] + members:
+                src, dst = os.path.join(shipped, file), os.path.join(self.model_dir, file)
                 if os.path.exists(src) and not os.path.exists(dst):
                     # temp file + rename: a start killed mid-copy never leaves a truncated model
                     tmp = f"{dst}.{os.getpid()}.tmp"

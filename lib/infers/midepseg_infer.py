@@ -54,7 +54,7 @@ from monailabel.transform.writer import Writer, write_itk
 
 from lib.infers.budget import DEFAULT_BUDGET_S, StartDeadline
 from lib.infers.image_cache import CachedLoadImaged, LRUCache
-from lib.networks import REFINEMENT_IN_CHANNELS, inference_dtype, midepseg_unet, predict_probability, refinement_from_stage1
+from lib.networks import REFINEMENT_IN_CHANNELS, inference_dtype, load_unet, predict_probability, refinement_from_stage1
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
 from lib.transforms.crop import (
     CropByMarginPointsd, box_border, box_slices, crop_and_resize, points_to_crop, resample, restore_from_crop, spacing_of,
@@ -210,6 +210,7 @@ class MIDeepSegInfer(BasicInferTask):
         refinement_path: str | None = None,
         budget_s: float = DEFAULT_BUDGET_S,
         stage1_resolution: str | None = None,
+        ensemble_paths: Sequence[str] = (),
         **kwargs,
     ) -> None:
         super().__init__(
@@ -258,6 +259,10 @@ class MIDeepSegInfer(BasicInferTask):
         if stage1_resolution not in STAGE1_RESOLUTIONS:
             raise ValueError(f"stage1_resolution must be one of {STAGE1_RESOLUTIONS}, got {stage1_resolution!r}")
         self._restore = _RestoreAndBinarise(stage1_resolution)
+        missing = [p for p in ensemble_paths if not os.path.exists(p)]
+        if missing:
+            raise ValueError(f"stage-1 ensemble: no weights at {', '.join(missing)}")
+        self._ensemble = [_EnsembleMember(p, dimension) for p in ensemble_paths]
         # One request of this task at a time: its caches and its network are shared state.
         self._lock = threading.Lock()
 
@@ -271,6 +276,9 @@ class MIDeepSegInfer(BasicInferTask):
         network = self._get_network(device, None)
         dtype = inference_dtype(self.precision, device)
         predict_probability(network, torch.zeros((1, 2, *self.network_grid()), device=device), dtype)
+        for member in self._ensemble:
+            net, grid = member.network(device)
+            predict_probability(net, torch.zeros((1, 2, *(grid or self.network_grid())), device=device), dtype)
         if self._learned is not None:
             refine = self._learned.network(device)
             for batch in range(1, LEARNED_WARM_BATCHES + 1):
@@ -326,31 +334,45 @@ class MIDeepSegInfer(BasicInferTask):
             np.asarray(data["margin_points"]).tobytes(),
             model_path,
             self._model_mtime(model_path),
+            tuple((m.path, self._model_mtime(m.path)) for m in self._ensemble),
             str(device),
         )
         cached = self._stage1_cache.get(key)
         if cached is None:
             data["deadline"].check("stage 1")
-            start = time.perf_counter()
-            crop = Compose(crop_transforms(self.network_grid(model_path)))(
-                {"image": data["image"], "margin_points": data["margin_points"], "spacing": data.get("spacing")}
-            )
-            net_input = Compose(cue_transforms(self.cue))(crop)["image"]
-            timing["egd"] = time.perf_counter() - start
-            start = time.perf_counter()
-            network = self._get_network(device, data)
-            net_input = torch.as_tensor(np.asarray(net_input), dtype=torch.float32)[None].to(device)
-            prob = predict_probability(network, net_input, inference_dtype(self.precision, device))[0].cpu().numpy()
-            work_prob = resample(prob[1:], data["work_image"].shape[1:], "bilinear")  # foreground only
-            network_box = (crop["crop_box"], prob[1:]) if self._restore.stage1_resolution == "image" else None
-            cached = (work_prob, net_input[0].cpu().numpy(), network_box)
+            grid = self.network_grid(model_path)
+            net_input, crop_box, prob = self._probability(data, self._get_network(device, data), grid, device, timing)
+            for member in self._ensemble:  # the members' mean, on the first network's grid (the same box)
+                network, member_grid = member.network(device)
+                other = self._probability(data, network, member_grid or grid, device, timing)[2]
+                prob = prob + resample(other, grid, "bilinear")
+            prob = prob / (1 + len(self._ensemble))
+            work_prob = resample(prob, data["work_image"].shape[1:], "bilinear")
+            network_box = (crop_box, prob) if self._restore.stage1_resolution == "image" else None
+            cached = (work_prob, net_input, network_box)
             self._stage1_cache.put(key, cached)
-            timing["network"] = time.perf_counter() - start
         data["stage1_cached"] = "network" not in timing
         data["stage1_key"] = key
         data["pred"], data["stage1_input"], data["stage1_network"] = cached
         data["device"] = device
         return data
+
+    def _probability(self, data: dict, network: torch.nn.Module, grid: tuple[int, ...], device: str,
+                     timing: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One stage-1 network on the relaxed box resized to ``grid``: ``(network input
+        (2, *grid), crop box, foreground probability (1, *grid))``; seconds added to
+        ``timing["egd"]`` and ``timing["network"]``."""
+        start = time.perf_counter()
+        crop = Compose(crop_transforms(grid))(
+            {"image": data["image"], "margin_points": data["margin_points"], "spacing": data.get("spacing")}
+        )
+        net_input = np.asarray(Compose(cue_transforms(self.cue))(crop)["image"], dtype=np.float32)
+        timing["egd"] = timing.get("egd", 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
+        x = torch.as_tensor(net_input)[None].to(device)
+        prob = predict_probability(network, x, inference_dtype(self.precision, device))[0, 1:].cpu().numpy()
+        timing["network"] = timing.get("network", 0.0) + time.perf_counter() - start
+        return net_input, crop["crop_box"], prob
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return [self._refine, self._restore, ApplyClicksd(keys="pred"), PasteSliced(keys="pred")]
@@ -434,6 +456,25 @@ def near(mask: np.ndarray, reach: float, spacing: Sequence[float]) -> np.ndarray
     out = np.zeros(mask.shape, dtype=bool)
     out[sub] = ndimage.distance_transform_edt(~mask[sub], sampling=sp) <= reach
     return out
+
+
+class _EnsembleMember:
+    """A further stage-1 network whose probability is averaged with the task's own
+    (``ensemble_paths``), on the grid stored in its weights file; reloaded when the file
+    changes."""
+
+    def __init__(self, path: str, dimension: int) -> None:
+        self.path = path
+        self.dimension = dimension
+        self._loaded: tuple | None = None
+        self._network: tuple[torch.nn.Module, tuple[int, ...] | None] | None = None
+
+    def network(self, device: str) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
+        version = (str(device), MIDeepSegInfer._model_mtime(self.path))
+        if self._network is None or version != self._loaded:
+            net, grid = load_unet(self.path, self.dimension)
+            self._network, self._loaded = (net.to(device).eval(), grid), version
+        return self._network
 
 
 class _StopWhenIncomplete:
@@ -778,10 +819,8 @@ class _LearnedProposal:
                 self._loaded = loaded
                 self.grid = self.task.network_grid()
                 if self.path and os.path.exists(self.path):
-                    checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
-                    net = midepseg_unet(self.task.dimension, REFINEMENT_IN_CHANNELS)
-                    net.load_state_dict(checkpoint["model"])
-                    self.grid = tuple(int(n) for n in checkpoint.get("grid", self.grid))
+                    net, grid = load_unet(self.path, self.task.dimension, REFINEMENT_IN_CHANNELS)
+                    self.grid = grid or self.grid
                 else:
                     logger.warning("refinement 'learned': no weights at %s, using the stage-1 network", self.path)
                     net = refinement_from_stage1(self.task._get_network("cpu", None).state_dict(), self.task.dimension)
