@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from lib.transforms.monotone_edits import (
-    boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, previous_state,
+    boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, previous_state, signed_depth,
 )
 
 
@@ -157,3 +157,16 @@ def test_changes_near_clicks_keep_a_click_to_its_own_reach():
     assert out[28:33, 60:75].all() and not out[0:5, 40:45].any()
     with pytest.raises(ValueError, match="radius must be > 0"):
         changes_near_clicks(proposal, previous, click, click, radius=0)
+
+
+def test_signed_depth_is_the_boundary_depth_with_the_side_as_sign():
+    """Inside voxels positive, outside negative, equal in size to :func:`boundary_depth` at
+    every voxel (anisotropic spacing); no boundary, no map."""
+    mask = np.zeros((12, 14, 9), dtype=bool)
+    mask[3:9, 2:11, 2:7] = True
+    spacing = (1.0, 0.5, 2.0)
+    depth = signed_depth(mask, spacing)
+    points = np.argwhere(np.ones(mask.shape, dtype=bool))
+    np.testing.assert_allclose(np.abs(depth[tuple(points.T)]), boundary_depth(mask, points, spacing))
+    assert (depth[mask] > 0).all() and (depth[~mask] < 0).all()
+    assert signed_depth(np.zeros((4, 4), bool)) is None and signed_depth(np.ones((4, 4), bool)) is None

@@ -111,7 +111,9 @@ def test_refinement_presets_and_options_are_checked():
     assert config.infer().options.temperature == 3.0
     for bad, message in (({"refinement": "magic"}, "refinement must be one of"), ({"proposal": "magic"}, "proposal must be one of"),
                          ({"learned_cut": "magic"}, "learned_cut must be one of"), ({"temperature": "0"}, "temperature must be > 0"),
-                         ({"geodesic_weight": "-1"}, "geodesic_weight must be >= 0")):
+                         ({"geodesic_weight": "-1"}, "geodesic_weight must be >= 0"),
+                         ({"radius_limit": "-1"}, "radius_limit must be >= 0"),
+                         ({"spatial_term": "manhattan"}, "spatial_term must be one of")):
         config = MIDeepSeg2DConfig()
         config.init("midepseg_2d", str(APP / "model"), bad, None)
         with pytest.raises(ValueError, match=message):

@@ -62,7 +62,9 @@ from lib.transforms.crop import (
 from lib.transforms.cues import check_encoding, cue_map
 from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, spatial_distance, temper_probability
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
-from lib.transforms.monotone_edits import boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks
+from lib.transforms.monotone_edits import (
+    boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, signed_depth,
+)
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
 from lib.transforms.start_mask import LoadStartMaskd
@@ -78,6 +80,7 @@ WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_wo
 PROPOSALS = ("ifgc", "gc", "learned", "geodesic")
 LEARNED_CUTS = ("none", "gc", "ifgc")
 CLAIMS = ("none", "removals", "all")
+SPATIAL_TERMS = ("euclidean", "depth")
 LEARNED_WARM_BATCHES = 8
 # How the stage-1 mask reaches the image (``stage1_resolution``): "work" = the graph cut on
 # the work grid, linearly restored (on a large 3D box its boundary moves in steps of several
@@ -129,6 +132,11 @@ class RefinementOptions:
             face than to every margin point and foreground click, so that a background click
             cannot take away what the other seeds hold); ``"all"`` (and an added voxel nearer
             to a foreground seed than to every background one).
+        spatial_term: with ``depth_reach``, what a click's spatial term measures:
+            ``"euclidean"`` (its distance to the click) or ``"depth"`` (the difference of
+            :func:`signed_depth` in the previous mask between a voxel and the click: a click in
+            a thin band along the boundary reaches along the band as far as its geodesic
+            distance allows, not deeper or shallower); :data:`SPATIAL_TERMS`.
         radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
             click's depth (in the previous mask) of a click of their kind
             (:func:`changes_near_clicks`; after ``claims``).
@@ -148,6 +156,7 @@ class RefinementOptions:
     claims: str = "none"
     geodesic_weight: float = 1.0
     radius_limit: float = 0.0
+    spatial_term: str = "euclidean"
 
 
 REFINEMENTS = {
@@ -242,6 +251,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement learned_cut must be one of {LEARNED_CUTS}, got {self.options.learned_cut!r}")
         if self.options.claims not in CLAIMS:
             raise ValueError(f"refinement claims must be one of {CLAIMS}, got {self.options.claims!r}")
+        if self.options.spatial_term not in SPATIAL_TERMS:
+            raise ValueError(f"refinement spatial_term must be one of {SPATIAL_TERMS}, got {self.options.spatial_term!r}")
         if not self.options.radius_limit >= 0:
             raise ValueError(f"refinement radius_limit must be >= 0, got {self.options.radius_limit!r}")
         if not self.options.geodesic_weight >= 0:
@@ -660,9 +671,17 @@ class _Refinement:
             state = self._fusion(state)
         return self._graph_cut(state)["pred"][0]
 
-    def _click_map(self, data: dict, point: np.ndarray, depth: float | None) -> np.ndarray:
+    def _click_map(self, data: dict, point: np.ndarray, depth: float | None, depths: np.ndarray | None = None) -> np.ndarray:
+        """One click's distance map: :func:`click_distance` (``depth`` None), else its
+        geodesic distance plus a spatial term in units of ``depth``: the Euclidean distance to
+        the click, or with ``depths`` (:func:`signed_depth` of the previous mask) the depth
+        difference."""
         if depth is None:
             return self.distances.distance(data, point[None])
+        geodesic = self.distances.distance(data, point[None], 0.0)
+        if depths is not None:
+            spatial = np.abs(depths - depths[tuple(point)])
+            return self.options.geodesic_weight * geodesic + (self.options.spatial_weight / depth) * spatial
         key = (data["work_cache_key"], point.tobytes())
         euclid = self._euclid.get(key)
         if euclid is None:
@@ -671,7 +690,6 @@ class _Refinement:
             grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(size, point, sp)], indexing="ij", sparse=True)
             euclid = np.sqrt(sum(g**2 for g in grids))
             self._euclid.put(key, euclid)
-        geodesic = self.distances.distance(data, point[None], 0.0)
         return self.options.geodesic_weight * geodesic + (self.options.spatial_weight / depth) * euclid
 
     def _distance_maps(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> tuple:
@@ -679,9 +697,12 @@ class _Refinement:
         options exactly :func:`lib.transforms.fusion.click_distances`)."""
         margin = data["margin_points_work"]
         fg_maps, bg_maps = [], []
+        along = None
+        if self.options.depth_reach and self.options.spatial_term == "depth" and len(fg) + len(bg):
+            along = signed_depth(previous, data["work_spacing"])
         for points, maps in ((fg, fg_maps), (bg, bg_maps)):
             depths = boundary_depth(previous, points, data["work_spacing"]) if self.options.depth_reach else [None] * len(points)
-            maps.extend(self._click_map(data, p, d) for p, d in zip(points, depths))
+            maps.extend(self._click_map(data, p, d, along) for p, d in zip(points, depths))
         if self.options.fusion_margin and len(margin):
             fg_maps.append(self.distances.distance(data, margin))
         if self.options.border_background:

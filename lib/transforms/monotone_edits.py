@@ -244,3 +244,17 @@ def changes_near_clicks(
             near[box] |= sum(g**2 for g in grids) <= reach**2
         out[change & near] = value
     return out
+
+
+def signed_depth(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray | None:
+    """Every voxel's distance (physical) to the nearest voxel of the other label of ``mask``,
+    positive inside and negative outside: at a voxel, :func:`boundary_depth` with the sign of
+    its side (``None`` when ``mask`` holds one label only: no boundary).
+
+    Two voxels with the same value lie at the same depth from the boundary, whatever their
+    distance along it: a click's reach measured on it follows the boundary."""
+    m = np.asarray(mask) > 0
+    if not m.any() or m.all():
+        return None
+    sp = np.ones(m.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    return np.where(m, ndimage.distance_transform_edt(m, sampling=sp), -ndimage.distance_transform_edt(~m, sampling=sp))
