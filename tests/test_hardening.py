@@ -375,6 +375,13 @@ def _answer(url: str, call: Call) -> tuple[str, float]:
     return hashlib.sha256(gzip.decompress(r.content)).hexdigest(), elapsed
 
 
+def test_the_model_folder_gets_the_3d_stage1_ensemble_member(server):
+    """``--conf model_dir``: the shipped weights are copied there, the 3D task's stage-1
+    ensemble member with them (without it the 3D model would answer alone, with a warning)."""
+    assert (server.model_dir / "midepseg_3d_generic.pt").is_file()
+    assert "no stage-1 ensemble member" not in server.log.read_text()
+
+
 def test_four_concurrent_clients_get_the_answers_of_one_at_a_time(server, cases, tmp_path):
     """4 clients x 50 mixed 2D/3D requests at once, on nothing cached: every answer equals
     the same request answered alone by a fresh server, no errors; p50/p99 printed."""
