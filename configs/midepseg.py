@@ -86,6 +86,7 @@ class MIDeepSegConfig(TaskConfig):
             budget_s=float(self.conf.get("request_budget_s", DEFAULT_BUDGET_S)),
             stage1_resolution=self.conf.get("stage1_resolution"),
             ensemble_paths=self.ensemble_paths(),
+            work_voxels=int(self.conf["work_voxels"]) if "work_voxels" in self.conf else None,
             description=(
                 f"MIDeepSeg {kind}: click {self.margin_points} interior margin points just inside the object's "
                 "boundary (foreground), then foreground/background clicks to refine"

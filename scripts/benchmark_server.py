@@ -206,6 +206,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--worst-case", action="store_true", help="also the most expensive accepted request, cold")
+    parser.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="a server --conf setting for the server this script starts (e.g. --conf work_voxels 10000)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -235,7 +237,8 @@ def main(argv=None) -> int:
                 client.upload_image(str(studies / f"{image_id}{ext}"), image_id)
         else:
             port = free_port()
-            server, seconds = start_app_server(studies, port, tmp / "server.log", conf={"model_dir": str(tmp / "model")}, timeout=300)
+            server, seconds = start_app_server(studies, port, tmp / "server.log", conf={"model_dir": str(tmp / "model"), **dict(args.conf)},
+                                               timeout=300)
             log.info("server up in %.1f s (log %s)", seconds, tmp / "server.log")
             url = f"http://127.0.0.1:{port}"
             client = MONAILabelClient(url, tmpdir=str(tmp))

@@ -113,7 +113,8 @@ def test_refinement_presets_and_options_are_checked():
                          ({"learned_cut": "magic"}, "learned_cut must be one of"), ({"temperature": "0"}, "temperature must be > 0"),
                          ({"geodesic_weight": "-1"}, "geodesic_weight must be >= 0"),
                          ({"radius_limit": "-1"}, "radius_limit must be >= 0"),
-                         ({"spatial_term": "manhattan"}, "spatial_term must be one of")):
+                         ({"spatial_term": "manhattan"}, "spatial_term must be one of"),
+                         ({"work_voxels": "3"}, "work_voxels must be at least")):
         config = MIDeepSeg2DConfig()
         config.init("midepseg_2d", str(APP / "model"), bad, None)
         with pytest.raises(ValueError, match=message):
