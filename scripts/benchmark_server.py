@@ -26,7 +26,11 @@ at the end. With ``--url`` it uploads the two images to that server's datastore.
 
 Usage::
 
-    PATH=$PWD/.venv/bin:$PATH .venv/bin/python scripts/benchmark_server.py [--clicks 5] [--url URL]
+    PATH=$PWD/.venv/bin:$PATH .venv/bin/python scripts/benchmark_server.py [--clicks 5] [--url URL] [--conf KEY VALUE]
+
+``--conf`` settings go to the server this script starts (e.g. ``--conf work_voxels 25600``
+for the 2D work grid before session 9, ``--conf stage1_ensemble none`` for the 3D network
+alone).
 """
 
 from __future__ import annotations
