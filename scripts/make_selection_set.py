@@ -23,6 +23,10 @@ from PIL import Image
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.prepare_anatomy import largest_component  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 logger = logging.getLogger("make_selection_set")
 LA_CASES = 8
@@ -86,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         image = np.asarray(img.dataobj, dtype=np.float32)
         labels = np.asarray(nib.load(str(DATA / "totalseg_ct" / "labels.nii.gz")).dataobj).astype(np.int32)
         for value, name in SELECTION_CT.items():
-            parts, n = ndimage.label(labels == value)
-            largest = parts == 1 + int(np.argmax(ndimage.sum(np.ones_like(parts), parts, range(1, n + 1))))
+            largest = largest_component(labels == value)
             nib.save(nib.Nifti1Image(image, img.affine), args.out / "images" / f"ct-{name}.nii.gz")
             nib.save(nib.Nifti1Image(largest.astype(np.uint8), img.affine), args.out / "labels" / f"ct-{name}.nii.gz")
             count += 1

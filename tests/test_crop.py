@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from lib.transforms.crop import (
     CropByMarginPointsd,
@@ -14,7 +13,6 @@ from lib.transforms.crop import (
     crop_spacing,
     points_to_crop,
     relaxed_box,
-    resample,
     restore_from_crop,
 )
 from lib.transforms.margin_points import extreme_margin_points
@@ -239,16 +237,3 @@ def test_crop_dict_at_original_resolution_with_voxel_budget(disk_2d):
     with pytest.raises(ValueError, match="spatial_size or max_voxels"):
         CropByMarginPointsd("image", None)
 
-
-@pytest.mark.parametrize("shape, size, mode", [((3, 160, 160), (64, 64), "bilinear"), ((2, 200, 90), (64, 64), "bilinear"),
-                                               ((1, 30, 90, 70), (16, 64, 48), "trilinear"), ((1, 100, 100), (64, 64), "nearest")])
-def test_resample_gives_monai_resize_values(shape, size, mode):
-    """``resample`` skips MONAI Resize's MetaTensor bookkeeping (about a third of a 2D click's
-    resampling time) but must give exactly its values: anti-aliased when shrinking,
-    voxel-centre nearest neighbour."""
-    from monai.transforms import Resize
-
-    arr = np.random.default_rng(0).random(shape).astype(np.float32)
-    monai_mode = "nearest-exact" if mode == "nearest" else mode
-    expected = np.asarray(Resize(size, mode=monai_mode, anti_aliasing=mode != "nearest", dtype=torch.float32)(torch.as_tensor(arr)))
-    np.testing.assert_array_equal(resample(arr, size, mode), expected)

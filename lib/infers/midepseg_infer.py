@@ -684,9 +684,11 @@ class _Refinement:
         if depth is None:
             return self.distances.distance(data, point[None])
         geodesic = self.distances.distance(data, point[None], 0.0)
-        if depths is not None:
-            spatial = np.abs(depths - depths[tuple(point)])
-            return self.options.geodesic_weight * geodesic + (self.options.spatial_weight / depth) * spatial
+        spatial = np.abs(depths - depths[tuple(point)]) if depths is not None else self._euclidean(data, point)
+        return self.options.geodesic_weight * geodesic + (self.options.spatial_weight / depth) * spatial
+
+    def _euclidean(self, data: dict, point: np.ndarray) -> np.ndarray:
+        """A click's Euclidean distance map (physical) on the work grid, cached per crop."""
         key = (data["work_cache_key"], point.tobytes())
         euclid = self._euclid.get(key)
         if euclid is None:
@@ -695,7 +697,7 @@ class _Refinement:
             grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(size, point, sp)], indexing="ij", sparse=True)
             euclid = np.sqrt(sum(g**2 for g in grids))
             self._euclid.put(key, euclid)
-        return self.options.geodesic_weight * geodesic + (self.options.spatial_weight / depth) * euclid
+        return euclid
 
     def _distance_maps(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> tuple:
         """``(D^f, D^b)`` of one state's clicks with the options' seed sets (with the paper's

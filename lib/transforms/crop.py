@@ -13,8 +13,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.networks.layers import GaussianFilter
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Resize
 from monai.utils import convert_to_numpy
 
 from .validation import check_image, validate_points
@@ -147,12 +146,9 @@ def _resize(arr: np.ndarray, size: Sequence[int], mode: str) -> np.ndarray:
     if all(n >= o for n, o in zip(size, arr.shape[1:])):  # enlarging: no anti-aliasing, MONAI's Resize is this call
         out = torch.nn.functional.interpolate(torch.as_tensor(arr, dtype=torch.float32)[None], size=size, mode=mode)[0]
         return out.numpy()
-    x = torch.as_tensor(arr, dtype=torch.float32)
-    if mode != "nearest-exact":  # MONAI Resize's anti-aliasing, without its MetaTensor bookkeeping (same values)
-        factors = torch.div(torch.Tensor(list(x.shape[1:])), torch.Tensor(size))
-        sigma = torch.maximum(torch.zeros(factors.shape), (factors - 1) / 2).tolist()
-        x = GaussianFilter(spatial_dims, [torch.as_tensor(s) for s in sigma], approx="erf")(x[None])[0]
-    return torch.nn.functional.interpolate(x[None], size=size, mode=mode)[0].numpy()
+    resize = Resize(size, mode=mode, anti_aliasing=mode != "nearest-exact", dtype=torch.float32)
+    out = resize(torch.as_tensor(arr, dtype=torch.float32))
+    return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
 
 
 def spacing_of(data: Mapping, key: Hashable, spacing_key: Hashable = "spacing") -> np.ndarray:
