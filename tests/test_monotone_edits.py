@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from lib.transforms.monotone_edits import (
-    boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, previous_state, signed_depth,
+    PREVIOUS, boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, previous_state,
+    signed_depth,
 )
 
 
@@ -21,12 +22,13 @@ def _random_proposer(seed: int, shape=(12, 12)):
     return propose
 
 
+@pytest.mark.parametrize("previous", PREVIOUS)
 @pytest.mark.parametrize("seed", range(5))
-def test_any_proposals_give_monotone_clicks_along_every_path(seed):
+def test_any_proposals_give_monotone_clicks_along_every_path(seed, previous):
     rng = np.random.RandomState(seed)
     base = rng.rand(12, 12) > 0.5
     n, m = 4, 3
-    masks = monotone_masks(n, m, base, _random_proposer(seed))
+    masks = monotone_masks(n, m, base, _random_proposer(seed), previous=previous)
     assert set(masks) == {(i, j) for i in range(n + 1) for j in range(m + 1)}
     np.testing.assert_array_equal(masks[(0, 0)], base)
     for (i, j), mask in masks.items():
@@ -36,10 +38,11 @@ def test_any_proposals_give_monotone_clicks_along_every_path(seed):
             assert np.all(mask <= masks[(i, j - 1)]), f"background click {j} added voxels at {(i, j)}"
 
 
-def test_cached_states_give_the_same_masks_as_a_cold_request():
+@pytest.mark.parametrize("previous", PREVIOUS)
+def test_cached_states_give_the_same_masks_as_a_cold_request(previous):
     base = np.random.RandomState(9).rand(12, 12) > 0.5
     propose = _random_proposer(3)
-    cold = monotone_masks(3, 3, base, propose)
+    cold = monotone_masks(3, 3, base, propose, previous=previous)
     calls = []
 
     def counting(states, previous):
@@ -47,7 +50,7 @@ def test_cached_states_give_the_same_masks_as_a_cold_request():
         return propose(states, previous)
 
     partial = {s: m for s, m in cold.items() if s[0] < 3}  # a new 3rd foreground click
-    warm = monotone_masks(3, 3, base, counting, partial)
+    warm = monotone_masks(3, 3, base, counting, partial, previous=previous)
     assert sorted(calls) == [(3, j) for j in range(4)], "a new click costs one row of proposals"
     for state in cold:
         np.testing.assert_array_equal(warm[state], cold[state])
@@ -67,6 +70,66 @@ def test_proposals_refine_the_state_before_both_last_clicks():
     base[1:3, 1:3] = True
     monotone_masks(2, 2, base, propose)
     np.testing.assert_array_equal(seen[(1, 1)], base)
+
+
+def _region_proposer():
+    """A refinement that answers each click with its own region: foreground click 1 adds the
+    left strip, background click 1 removes the right strip; with both clicks it answers the
+    foreground one only (its claim vetoes the removal, as a nearer seed does), and elsewhere
+    it keeps the mask it refines."""
+
+    def propose(states, previous):
+        out = []
+        for (i, j), prev in zip(states, previous):
+            mask = prev.copy()
+            if i:
+                mask[:, 0:2] = True
+            elif j:
+                mask[:, 6:8] = False
+            out.append(mask)
+        return out
+
+    return propose
+
+
+def _strip_base() -> np.ndarray:
+    base = np.zeros((8, 8), bool)
+    base[:, 2:8] = True
+    return base
+
+
+def test_merged_previous_keeps_both_last_clicks_decisions():
+    # With "diagonal", R(1, 1) refines M(0, 0), which holds neither click, so the foreground
+    # click gives back the strip the background click took away; "merged" refines a mask
+    # holding both decisions, which stand where the proposal does not overrule them.
+    base = _strip_base()
+    masks = {p: monotone_masks(1, 1, base, _region_proposer(), previous=p) for p in PREVIOUS}
+    expected = base.copy()
+    expected[:, 0:2] = True
+    expected[:, 6:8] = False
+    np.testing.assert_array_equal(masks["merged"][(1, 1)], expected)
+    assert masks["diagonal"][(1, 1)][:, 6:8].all(), "the diagonal proposal gives the removed strip back"
+    for masks_p in masks.values():  # the edges of the grid do not depend on it
+        np.testing.assert_array_equal(masks_p[(0, 1)], masks["merged"][(0, 1)])
+        np.testing.assert_array_equal(masks_p[(1, 0)], masks["merged"][(1, 0)])
+
+
+def test_merged_previous_lets_the_state_overrule_a_decision():
+    # A proposal that sees both clicks may still give back part of the removal.
+    def overrule(states, previous):
+        out = _region_proposer()(states, previous)
+        for (i, j), mask in zip(states, out):
+            if i and j:
+                mask[0, 6:8] = True
+        return out
+
+    merged = monotone_masks(1, 1, _strip_base(), overrule, previous="merged")[(1, 1)]
+    assert merged[0, 6:8].all() and not merged[1:, 6:8].any() and merged[:, 0:2].all()
+
+
+def test_unknown_previous_is_refused():
+    with pytest.raises(ValueError, match="previous"):
+        monotone_masks(1, 1, np.ones((3, 3), bool), _region_proposer(), previous="sideways")
 
 
 def test_local_changes_keep_only_what_touches_a_click():

@@ -63,7 +63,7 @@ from lib.transforms.cues import check_encoding, cue_map
 from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, spatial_distance, temper_probability
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
 from lib.transforms.monotone_edits import (
-    boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, signed_depth,
+    PREVIOUS, boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, signed_depth,
 )
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
@@ -143,6 +143,9 @@ class RefinementOptions:
         radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
             click's depth (in the previous mask) of a click of their kind
             (:func:`changes_near_clicks`; after ``claims``).
+        previous: the mask each state's proposal refines (:func:`monotone_masks`,
+            :data:`PREVIOUS`): ``"diagonal"`` (the state without its last click of either
+            kind) or ``"merged"`` (the last clicks' decisions both standing).
     """
 
     proposal: str = "ifgc"
@@ -160,6 +163,7 @@ class RefinementOptions:
     geodesic_weight: float = 1.0
     radius_limit: float = 0.0
     spatial_term: str = "euclidean"
+    previous: str = "diagonal"
 
 
 REFINEMENTS = {
@@ -258,6 +262,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement claims must be one of {CLAIMS}, got {self.options.claims!r}")
         if self.options.spatial_term not in SPATIAL_TERMS:
             raise ValueError(f"refinement spatial_term must be one of {SPATIAL_TERMS}, got {self.options.spatial_term!r}")
+        if self.options.previous not in PREVIOUS:
+            raise ValueError(f"refinement previous must be one of {PREVIOUS}, got {self.options.previous!r}")
         if not self.options.radius_limit >= 0:
             raise ValueError(f"refinement radius_limit must be >= 0, got {self.options.radius_limit!r}")
         if not self.options.geodesic_weight >= 0:
@@ -809,7 +815,8 @@ class _Refinement:
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
             return data
-        masks = monotone_masks(n, m, known[(0, 0)], lambda states, prev: self.propose(data, states, prev), known)
+        masks = monotone_masks(n, m, known[(0, 0)], lambda states, prev: self.propose(data, states, prev), known,
+                               self.options.previous)
         for state, mask in masks.items():
             if state not in known:
                 self._masks.put(self._state_key(data, state, weights), mask)

@@ -16,11 +16,19 @@ only removes), whichever way the user reached ``(i, j)``; ``M`` is a function of
 lists alone, so the protocol stays stateless and undo is exact. A click's own voxel keeps its
 label when ``R`` forces it.
 
-``R(i, j)`` sees the previous mask ``M(i-1, j-1)`` (``M(i-1, 0)`` / ``M(0, j-1)`` on the
-edges): on a new click every missing proposal of the new row or column then depends only on
-states already known, and they can be computed in one batch. A new click costs one proposal
-per click of the other kind (plus one); a request with ``n`` clicks and nothing cached costs
-about ``(n/2 + 1)^2``.
+What ``R(i, j)`` refines (:data:`PREVIOUS`; ``M(i-1, 0)`` / ``M(0, j-1)`` on the edges):
+
+* ``"diagonal"``: ``M(i-1, j-1)``. On a new click every missing proposal of the new row or
+  column then depends only on states already known, and they can be computed in one batch.
+  But that mask holds neither click: where ``R`` keeps it, the new foreground click ``i``
+  gives back what the background click ``j`` took away (``M(i-1, j-1) - M(i-1, j)``), and
+  the new background click takes away what click ``i`` added, however far from either.
+* ``"merged"``: ``M(i-1, j) | (M(i, j-1) - M(i-1, j-1))``, both parents' decisions (click
+  ``j``'s removal and click ``i``'s addition) standing until ``R``, which sees both clicks,
+  overrules them. The proposals of a new row or column then follow one another.
+
+A new click costs one proposal per click of the other kind (plus one); a request with ``n``
+clicks and nothing cached costs about ``(n/2 + 1)^2``.
 """
 
 from __future__ import annotations
@@ -32,14 +40,31 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 State = tuple[int, int]
+PREVIOUS = ("diagonal", "merged")
 
 
 def previous_state(state: State) -> State:
-    """The state whose mask the proposal ``R(i, j)`` refines."""
+    """The state whose mask the proposal ``R(i, j)`` refines with ``"diagonal"``."""
     i, j = state
     if i and j:
         return i - 1, j - 1
     return (i - 1, 0) if i else (0, j - 1)
+
+
+def _parents(state: State, previous: str) -> list[State]:
+    """The states whose masks :func:`_previous_mask` reads for ``state``."""
+    i, j = state
+    if previous == "merged" and i and j:
+        return [(i - 1, j), (i, j - 1), (i - 1, j - 1)]
+    return [previous_state(state)]
+
+
+def _previous_mask(state: State, masks: Mapping[State, np.ndarray], previous: str) -> np.ndarray:
+    """The mask the proposal ``R(state)`` refines (module doc, :data:`PREVIOUS`)."""
+    i, j = state
+    if previous == "merged" and i and j:
+        return masks[(i - 1, j)] | (masks[(i, j - 1)] & ~masks[(i - 1, j - 1)])
+    return masks[previous_state(state)]
 
 
 def monotone_masks(
@@ -48,6 +73,7 @@ def monotone_masks(
     base: np.ndarray,
     propose: Callable[[Sequence[State], Sequence[np.ndarray]], Sequence[np.ndarray]],
     known: Mapping[State, np.ndarray] | None = None,
+    previous: str = "diagonal",
 ) -> dict[State, np.ndarray]:
     """All masks ``M(i, j)``, ``i <= n_foreground``, ``j <= n_background`` (see the module doc).
 
@@ -57,19 +83,22 @@ def monotone_masks(
         propose: ``(states, previous masks) -> proposals``: the refinement's binary masks
             ``R`` for those states, each given the mask it refines; called in batches.
         known: masks of states computed before (a cache); they are trusted, not recomputed.
+        previous: what each proposal refines, one of :data:`PREVIOUS` (module doc).
 
     Returns:
         ``{state: bool mask}`` for every state of the grid (``known`` included).
     """
+    if previous not in PREVIOUS:
+        raise ValueError(f"monotone_masks: previous must be one of {PREVIOUS}, got {previous!r}")
     masks: dict[State, np.ndarray] = {(0, 0): np.asarray(base) > 0}
     masks.update({s: np.asarray(m, dtype=bool) for s, m in (known or {}).items()
                   if s[0] <= n_foreground and s[1] <= n_background})
     todo = [(i, j) for i in range(n_foreground + 1) for j in range(n_background + 1) if (i, j) not in masks]
     proposals: dict[State, np.ndarray] = {}
     while todo:
-        ready = [s for s in todo if s not in proposals and previous_state(s) in masks]
+        ready = [s for s in todo if s not in proposals and all(p in masks for p in _parents(s, previous))]
         if ready:
-            for s, r in zip(ready, propose(ready, [masks[previous_state(s)] for s in ready])):
+            for s, r in zip(ready, propose(ready, [_previous_mask(s, masks, previous) for s in ready])):
                 proposals[s] = np.asarray(r) > 0
         for s in sorted(proposals):
             if s in masks:
