@@ -109,11 +109,20 @@ def test_refinement_presets_and_options_are_checked():
     config = MIDeepSeg2DConfig()
     config.init("midepseg_2d", str(APP / "model"), {"temperature": "3"}, None)
     assert config.infer().options.temperature == 3.0
+    from configs.midepseg import MIDeepSeg3DConfig
+
+    config = MIDeepSeg3DConfig()
+    config.init("midepseg_3d", str(APP / "model"), {}, None)
+    assert config.infer().options.previous == "merged", "the 3D default refines the merged parents"
+    config = MIDeepSeg2DConfig()
+    config.init("midepseg_2d", str(APP / "model"), {"previous": "merged"}, None)
+    assert config.infer().options.previous == "merged"
     for bad, message in (({"refinement": "magic"}, "refinement must be one of"), ({"proposal": "magic"}, "proposal must be one of"),
                          ({"learned_cut": "magic"}, "learned_cut must be one of"), ({"temperature": "0"}, "temperature must be > 0"),
                          ({"geodesic_weight": "-1"}, "geodesic_weight must be >= 0"),
                          ({"radius_limit": "-1"}, "radius_limit must be >= 0"),
                          ({"spatial_term": "manhattan"}, "spatial_term must be one of"),
+                         ({"previous": "sideways"}, "previous must be one of"),
                          ({"work_voxels": "3"}, "work_voxels must be at least")):
         config = MIDeepSeg2DConfig()
         config.init("midepseg_2d", str(APP / "model"), bad, None)
