@@ -51,20 +51,17 @@ def previous_state(state: State) -> State:
     return (i - 1, 0) if i else (0, j - 1)
 
 
-def _parents(state: State, previous: str) -> list[State]:
-    """The states whose masks :func:`_previous_mask` reads for ``state``."""
+def _previous_mask(state: State, masks: Mapping[State, np.ndarray], previous: str) -> np.ndarray | None:
+    """The mask the proposal ``R(state)`` refines (module doc, :data:`PREVIOUS`); ``None``
+    while a state it is made from is not known yet."""
     i, j = state
-    if previous == "merged" and i and j:
-        return [(i - 1, j), (i, j - 1), (i - 1, j - 1)]
-    return [previous_state(state)]
-
-
-def _previous_mask(state: State, masks: Mapping[State, np.ndarray], previous: str) -> np.ndarray:
-    """The mask the proposal ``R(state)`` refines (module doc, :data:`PREVIOUS`)."""
-    i, j = state
-    if previous == "merged" and i and j:
-        return masks[(i - 1, j)] | (masks[(i, j - 1)] & ~masks[(i - 1, j - 1)])
-    return masks[previous_state(state)]
+    parents = [(i - 1, j), (i, j - 1), (i - 1, j - 1)] if previous == "merged" and i and j else [previous_state(state)]
+    if any(p not in masks for p in parents):
+        return None
+    if len(parents) == 1:
+        return masks[parents[0]]
+    row, column, diagonal = (masks[p] for p in parents)
+    return row | (column & ~diagonal)
 
 
 def monotone_masks(
@@ -96,9 +93,10 @@ def monotone_masks(
     todo = [(i, j) for i in range(n_foreground + 1) for j in range(n_background + 1) if (i, j) not in masks]
     proposals: dict[State, np.ndarray] = {}
     while todo:
-        ready = [s for s in todo if s not in proposals and all(p in masks for p in _parents(s, previous))]
+        refined = {s: _previous_mask(s, masks, previous) for s in todo if s not in proposals}
+        ready = [s for s, mask in refined.items() if mask is not None]
         if ready:
-            for s, r in zip(ready, propose(ready, [_previous_mask(s, masks, previous) for s in ready])):
+            for s, r in zip(ready, propose(ready, [refined[s] for s in ready])):
                 proposals[s] = np.asarray(r) > 0
         for s in sorted(proposals):
             if s in masks:
