@@ -88,8 +88,8 @@ LEARNED_WARM_BATCHES = 8
 # How the stage-1 mask reaches the image (``stage1_resolution``): "work" = the graph cut on
 # the work grid, linearly restored (on a large 3D box its boundary moves in steps of several
 # voxels); "image" = that boundary placed again at the image's resolution by the same graph
-# cut solved in a band one work voxel either side of it (:func:`band_graph_cut`), and the
-# refinement's changes, made on the work grid, added and removed there.
+# cut solved in a band one work voxel either side of it (:func:`band_graph_cut`); the
+# refinement's changes, made on the work grid against that mask, are added and removed there.
 STAGE1_RESOLUTIONS = ("work", "image")
 DEFAULT_STAGE1_RESOLUTION = {2: "work", 3: "work"}  # "image": measured, not yet the default (README)
 
@@ -275,12 +275,13 @@ class MIDeepSegInfer(BasicInferTask):
         self._distances = _CachedClickDistances(self.options.spatial_weight, self.options.smoothing)
         self._stage1_cache = LRUCache(16)
         self._learned = _LearnedProposal(self, refinement_path) if self.options.proposal == "learned" else None
-        self._refine = _Refinement(self.options, self._distances, self._learned)
         self.budget_s = float(budget_s)
-        stage1_resolution = stage1_resolution or DEFAULT_STAGE1_RESOLUTION[dimension]
-        if stage1_resolution not in STAGE1_RESOLUTIONS:
-            raise ValueError(f"stage1_resolution must be one of {STAGE1_RESOLUTIONS}, got {stage1_resolution!r}")
-        self._restore = _RestoreAndBinarise(stage1_resolution)
+        self.stage1_resolution = stage1_resolution or DEFAULT_STAGE1_RESOLUTION[dimension]
+        if self.stage1_resolution not in STAGE1_RESOLUTIONS:
+            raise ValueError(f"stage1_resolution must be one of {STAGE1_RESOLUTIONS}, got {self.stage1_resolution!r}")
+        image_stage1 = _ImageStage1() if self.stage1_resolution == "image" else None
+        self._refine = _Refinement(self.options, self._distances, self._learned, image_stage1)
+        self._restore = _RestoreAndBinarise()
         missing = [p for p in ensemble_paths if not os.path.exists(p)]
         if missing:
             raise ValueError(f"stage-1 ensemble: no weights at {', '.join(missing)}")
@@ -370,7 +371,7 @@ class MIDeepSegInfer(BasicInferTask):
                 prob = prob + resample(other, grid, "bilinear")
             prob = prob / (1 + len(self._ensemble))
             work_prob = resample(prob, data["work_image"].shape[1:], "bilinear")
-            network_box = (crop_box, prob) if self._restore.stage1_resolution == "image" else None
+            network_box = (crop_box, prob) if self.stage1_resolution == "image" else None
             cached = (work_prob, net_input, network_box)
             self._stage1_cache.put(key, cached)
         data["stage1_cached"] = "network" not in timing
@@ -508,49 +509,34 @@ class _StopWhenIncomplete:
         return data
 
 
-class _RestoreAndBinarise:
-    """Work-grid mask -> original grid (linear interpolation, threshold 0.5).
+class _ImageStage1:
+    """The 3D stage-1 mask at the image's resolution (``stage1_resolution = "image"``): the
+    graph cut of the network's probability (resampled straight from the network grid to the
+    box) solved in the band where the linearly restored work-grid cut is neither 0 nor 1,
+    widened by a voxel (:func:`band_graph_cut`); the rest keeps the restored label. Cached per
+    stage-1 result and graph-cut setting.
 
-    With ``stage1_resolution = "image"`` and a work grid coarser than the box, the stage-1
-    mask is the work grid's (``stage1_work_mask``, ``M(0, 0)``) placed again at the image's
-    resolution (:meth:`image_stage1`); the voxels the refinement added to or removed from
-    ``M(0, 0)`` on the work grid are restored and added or removed. Where the fine boundary
-    lies outside the coarse one, a removal would leave a thin rim of it behind, so the fine
-    voxels outside the coarse mask within one work voxel of a removal are removed with it.
-    Additions and removals (with their rims) only grow with clicks of their kind, so the
-    edits stay monotone, and where no click changed anything the boundary is the fine one.
-    """
+    Called with the work-grid cut of stage 1, it returns ``(fine, work)``: ``fine`` the
+    box-sized bool mask at the image's resolution, ``work`` the same mask on the work grid
+    (anti-aliased, threshold 0.5), which the refinement takes as ``M(0, 0)``: its changes are
+    then made against the mask the user sees, so a click on an error of the fine boundary
+    moves it."""
 
-    def __init__(self, stage1_resolution: str = "work") -> None:
-        self.stage1_resolution = stage1_resolution
-        self._fine = LRUCache(16)
+    def __init__(self) -> None:
+        self._cache = LRUCache(16)
 
-    def __call__(self, data: dict) -> dict:
-        box, shape = data["work_box"], data["work_original_shape"]
-        mask = np.asarray(data["pred"])[0] > 0
-        if data.get("stage1_network") is None or tuple(mask.shape) == tuple(int(v) for v in box[1] - box[0]):
-            data["pred"] = (restore_from_crop(mask[None], box, shape) >= 0.5).astype(np.uint8)
-            return data
-        before = np.asarray(data["stage1_work_mask"]) > 0
-        size = tuple(int(v) for v in box[1] - box[0])
-        soft = resample(np.stack([mask & ~before, before & ~mask, before]).astype(np.float32), size, "bilinear")
-        added, removed, coarse = soft >= 0.5
-        fine = self.image_stage1(data, before)
-        if removed.any():  # the fine rim outside the coarse mask goes with the removal next to it
-            reach = float(np.max(np.asarray(data["work_spacing"], dtype=np.float64)))
-            removed |= fine & ~coarse & near(removed, reach, spacing_of(data, "image"))
-        out = np.zeros(tuple(int(s) for s in shape), dtype=np.uint8)
-        out[box_slices(box)] = (fine | added) & ~removed
-        data["pred"] = out[None]
-        return data
+    @staticmethod
+    def applies(data: dict) -> bool:
+        """A network box was kept (``stage1_network``) and the work grid is coarser than it."""
+        if data.get("stage1_network") is None:
+            return False
+        size = tuple(int(v) for v in data["work_box"][1] - data["work_box"][0])
+        return size != tuple(data["work_image"].shape[1:])
 
-    def image_stage1(self, data: dict, work_mask: np.ndarray) -> np.ndarray:
-        """The stage-1 mask on the box at the image's resolution: the graph cut of the
-        network's probability (resampled straight from the network grid) solved in the band
-        where the linearly restored work-grid mask is neither 0 nor 1, widened by a voxel;
-        the rest keeps the restored label. Cached per stage-1 result and graph-cut setting."""
+    def __call__(self, data: dict, work_cut: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``work_cut``: computes the work-grid cut of stage 1 (called only when not cached)."""
         key = (data["stage1_key"], data.get("lamda"), data.get("sigma"))
-        cached = self._fine.get(key)
+        cached = self._cache.get(key)
         if cached is not None:
             return cached
         box = data["work_box"]
@@ -558,7 +544,7 @@ class _RestoreAndBinarise:
         net_box, net_prob = data["stage1_network"]
         if not np.array_equal(net_box, box):
             raise RuntimeError(f"stage 1: the network's box {net_box.tolist()} is not the work box {box.tolist()}")
-        soft = resample(work_mask[None].astype(np.float32), size, "bilinear")[0]
+        soft = resample(np.asarray(work_cut(), dtype=np.float32)[None], size, "bilinear")[0]
         band = ndimage.binary_dilation((soft > 0.01) & (soft < 0.99))
         image = np.asarray(data["image"])[0][box_slices(box)]
         margin = np.asarray(data["margin_points"]).reshape(-1, len(size)) - box[0]
@@ -567,8 +553,42 @@ class _RestoreAndBinarise:
             float(data.get("lamda", DEFAULT_LAMDA)), float(data.get("sigma", DEFAULT_SIGMA)),
             spacing_of(data, "image"),
         )
-        self._fine.put(key, fine)
-        return fine
+        work = resample(fine[None].astype(np.float32), data["work_image"].shape[1:], "bilinear")[0] >= 0.5
+        self._cache.put(key, (fine, work))
+        return fine, work
+
+
+class _RestoreAndBinarise:
+    """Work-grid mask -> original grid (linear interpolation, threshold 0.5).
+
+    With the stage-1 mask at the image's resolution (``stage1_image_mask``, from
+    :class:`_ImageStage1`), the voxels the refinement added to or removed from ``M(0, 0)``
+    (``stage1_work_mask``, that mask on the work grid) are restored and added to or removed
+    from it. Where the fine boundary lies outside the coarse one, a removal would leave a thin
+    rim of it behind, so the fine voxels outside the coarse mask within one work voxel of a
+    removal are removed with it. Additions and removals (with their rims) only grow with
+    clicks of their kind, so the edits stay monotone, and where no click changed anything the
+    boundary is the fine one.
+    """
+
+    def __call__(self, data: dict) -> dict:
+        box, shape = data["work_box"], data["work_original_shape"]
+        mask = np.asarray(data["pred"])[0] > 0
+        fine = data.get("stage1_image_mask")
+        if fine is None:
+            data["pred"] = (restore_from_crop(mask[None], box, shape) >= 0.5).astype(np.uint8)
+            return data
+        before = np.asarray(data["stage1_work_mask"]) > 0
+        size = tuple(int(v) for v in box[1] - box[0])
+        soft = resample(np.stack([mask & ~before, before & ~mask, before]).astype(np.float32), size, "bilinear")
+        added, removed, coarse = soft >= 0.5
+        if removed.any():  # the fine rim outside the coarse mask goes with the removal next to it
+            reach = float(np.max(np.asarray(data["work_spacing"], dtype=np.float64)))
+            removed |= fine & ~coarse & near(removed, reach, spacing_of(data, "image"))
+        out = np.zeros(tuple(int(s) for s in shape), dtype=np.uint8)
+        out[box_slices(box)] = (fine | added) & ~removed
+        data["pred"] = out[None]
+        return data
 
 
 class _CachedWorkCrop:
@@ -651,8 +671,10 @@ class _Refinement:
     from the task's cache. Masks are cached per state (the click lists' prefixes), so a new
     click costs one row or column of the grid."""
 
-    def __init__(self, options: RefinementOptions, distances: _CachedClickDistances, learned: "_LearnedProposal | None") -> None:
+    def __init__(self, options: RefinementOptions, distances: _CachedClickDistances, learned: "_LearnedProposal | None",
+                 image_stage1: _ImageStage1 | None = None) -> None:
         self.options = options
+        self.image_stage1 = image_stage1
         self.distances = distances
         self.learned = learned
         self._fusion = InformationFusiond(keys="pred", image_key="work_image", **WORK_KEYS)
@@ -808,9 +830,17 @@ class _Refinement:
             cached = self._masks.get(self._state_key(data, state, weights))
             if cached is not None:
                 known[state] = cached
+        fine = self.image_stage1 is not None and self.image_stage1.applies(data)
+
+        def stage1_cut() -> np.ndarray:  # the graph cut of the stage-1 probability on the work grid
+            return self._cut(data, data["fg_clicks_work"][:0], data["bg_clicks_work"][:0], None)
+
+        if fine:  # M(0, 0) is the image-resolution stage 1 on the work grid
+            data["stage1_image_mask"], work = self.image_stage1(data, stage1_cut)
+            known.setdefault((0, 0), work)
         if (0, 0) not in known:  # the stage-1 cut: cached like every other state
-            known[(0, 0)] = self._cut(data, data["fg_clicks_work"][:0], data["bg_clicks_work"][:0], None)
-            self._masks.put(self._state_key(data, (0, 0), weights), known[(0, 0)])
+            known[(0, 0)] = stage1_cut()
+        self._masks.put(self._state_key(data, (0, 0), weights), known[(0, 0)])
         data["stage1_work_mask"] = known[(0, 0)]
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
