@@ -4,9 +4,9 @@
 For each case, stage 1 (margin points only) of the shipped 3D model two ways
 (``--conf stage1_resolution``):
 
-* ``work`` (the default): the graph cut on the work grid (at most 48^3 voxels), linearly
+* ``work``: the graph cut on the work grid (at most 48^3 voxels), linearly
   restored;
-* ``image``: that boundary placed again at the image's resolution by the same graph cut in
+* ``image`` (the 3D default): that boundary placed again at the image's resolution by the same graph cut in
   a band one work voxel either side.
 
 Printed per case and way: Dice to the reference mask, the distance (voxels) from each

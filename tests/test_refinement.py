@@ -113,7 +113,12 @@ def test_refinement_presets_and_options_are_checked():
 
     config = MIDeepSeg3DConfig()
     config.init("midepseg_3d", str(APP / "model"), {}, None)
-    assert config.infer().options.previous == "merged", "the 3D default refines the merged parents"
+    task3d = config.infer()
+    assert task3d.options.previous == "merged", "the 3D default refines the merged parents"
+    assert task3d.stage1_resolution == "image", "the 3D default places stage 1 at the image's resolution"
+    config = MIDeepSeg3DConfig()
+    config.init("midepseg_3d", str(APP / "model"), {"stage1_resolution": "work"}, None)
+    assert config.infer().stage1_resolution == "work"
     config = MIDeepSeg2DConfig()
     config.init("midepseg_2d", str(APP / "model"), {"previous": "merged"}, None)
     assert config.infer().options.previous == "merged"
