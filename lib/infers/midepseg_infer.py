@@ -845,10 +845,9 @@ class _Refinement:
 
         if fine:  # M(0, 0) is the image-resolution stage 1 on the work grid
             data["stage1_image_mask"], work = self.image_stage1(data, stage1_cut)
-            known.setdefault((0, 0), work)
         if (0, 0) not in known:  # the stage-1 cut: cached like every other state
-            known[(0, 0)] = stage1_cut()
-        self._masks.put(self._state_key(data, (0, 0), weights), known[(0, 0)])
+            known[(0, 0)] = work if fine else stage1_cut()
+            self._masks.put(self._state_key(data, (0, 0), weights), known[(0, 0)])
         data["stage1_work_mask"] = known[(0, 0)]
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
