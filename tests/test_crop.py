@@ -13,6 +13,7 @@ from lib.transforms.crop import (
     crop_spacing,
     points_to_crop,
     relaxed_box,
+    resample,
     restore_from_crop,
 )
 from lib.transforms.margin_points import extreme_margin_points
@@ -91,6 +92,23 @@ def _round_trip_dice(mask, box, size):
     outside[tuple(slice(a, b) for a, b in zip(box[0], box[1]))] = False
     assert np.all(restored[0][outside] == 0.0)
     return dice_np(restored[0] > 0.5, mask)
+
+
+@pytest.mark.parametrize(
+    "shape, size, mode",
+    [((1, 177, 100, 72), (48, 27, 20), "bilinear"), ((2, 300, 211, 30), (64, 50, 30), "bilinear"),
+     ((1, 120, 50, 40), (200, 30, 40), "bilinear"), ((1, 512, 300), (64, 64), "bilinear"),
+     ((1, 90, 70, 20), (30, 30, 10), "nearest"), ((1, 40, 30), (80, 90), "bilinear")],
+)
+def test_resample_is_monai_resize(shape, size, mode):
+    """The scipy anti-aliasing computes what MONAI's anti-aliased Resize does (shrinking,
+    enlarging, mixed axes, nearest), so the networks see the inputs they were trained on."""
+    from monai.transforms import Resize
+
+    arr = np.random.default_rng(0).normal(100.0, 40.0, shape).astype(np.float32)
+    torch_mode = ("bilinear" if len(size) == 2 else "trilinear") if mode == "bilinear" else "nearest-exact"
+    expected = np.asarray(Resize(size, mode=torch_mode, anti_aliasing=mode != "nearest")(arr))
+    np.testing.assert_allclose(resample(arr, size, mode), expected, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (160, 96)])
