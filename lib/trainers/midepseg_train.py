@@ -5,10 +5,18 @@ Pipeline per sample, re-drawn every epoch: load -> crop to the object with conte
 relaxed-box crop resized to the network grid -> z-score -> intensity augmentation (gamma,
 noise, blur, inversion) -> EGD cue -> U-Net -> Dice loss. Validation uses deterministic
 extreme margin points and reports Dice on the network grid.
+
+Distributed: under ``torchrun`` the same task trains as one rank of a DistributedDataParallel
+job (gloo between CPU processes, NCCL between GPUs; ``lib/trainers/distributed.py``); MONAI
+Label's own multi-GPU ``/train`` (``{"multi_gpu": true}``) spawns one process per GPU
+into the same code path. Every rank holds the whole datalist and a ``DistributedSampler``
+gives it a disjoint part of each epoch's shuffle; rank 0 alone checkpoints, publishes,
+writes the curves and shows the progress bar.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -17,7 +25,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import ignite.distributed
 from ignite.contrib.handlers import ProgressBar
+from ignite.engine import Events
+from monai.data import DistributedSampler, ThreadDataLoader
 from monai.handlers import LrScheduleHandler
 from monai.inferers import SimpleInferer
 from monai.losses import DiceLoss
@@ -37,8 +48,11 @@ from monai.transforms import (
     RandZoomd,
     SelectItemsd,
 )
+from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from torch.nn.parallel import DistributedDataParallel
 
+from lib.trainers.distributed import Launch, launch_from_env, weights_digest
 from lib.trainers.handlers import AtomicPublisher, LearningCurves
 from lib.transforms.intensity import Luminanced
 from lib.transforms.margin_points import ExtremeMarginPointsd, SimulateMarginPointsd
@@ -145,6 +159,11 @@ class MIDeepSegTrain(BasicTrainTask):
         self.subject_pattern = subject_pattern
         self.cue = check_encoding(cue)
         self._final_publish_path = publish_path
+        self._launch: Launch | None = None
+        # What this process trained, for comparing ranks (set by a run): the SHA-256 of its
+        # final weights, and per epoch the image names its sampler gave it (distributed runs).
+        self.final_weights_digest: str | None = None
+        self.epoch_shards: dict[int, list[str]] = {}
         defaults = {
             "max_epochs": 50,
             "train_batch_size": 4 if spatial_dims == 2 else 2,
@@ -185,10 +204,74 @@ class MIDeepSegTrain(BasicTrainTask):
     def partition_datalist(self, context: Context, shuffle: bool = False):
         if context.request.get("val_ds") or context.request.get("train_ds"):
             return super().partition_datalist(context, shuffle)
+        # In file-name order: the ranks of a distributed run must index the same items.
+        datalist = sorted(context.datalist, key=lambda d: str(d["image"]))
         return group_partition(
-            context.datalist, float(context.request.get("val_split", 0.0)), self.subject_pattern,
+            datalist, float(context.request.get("val_split", 0.0)), self.subject_pattern,
             int(context.request.get("seed", 0)),
         )
+
+    def __call__(self, request: dict, datastore: Datastore) -> dict:
+        """Train as MONAI Label does (one process, or its multi-GPU spawn), or, when started
+        by torchrun with more than one process, as this process's rank of the job."""
+        launch = launch_from_env()
+        if launch is None or launch.world_size == 1:
+            return super().__call__(request, datastore)
+        req = copy.deepcopy(self._config)
+        req.update(copy.deepcopy(request))
+        req.update(run_id=launch.run_id, device=launch.device(), multi_gpu=True,
+                   distributed_backend=launch.backend, distributed_url="env://")
+        self._launch = launch
+        datalist = self.pre_process(req, datastore)
+        try:
+            return self.train(launch.rank, launch.world_size, req, datalist)
+        finally:
+            self._launch = None
+            if launch.rank == 0:
+                self.cleanup(req)
+
+    def _device(self, context: Context) -> torch.device:
+        """Under torchrun: ``cuda:<local rank>`` or the CPU. MONAI Label's ``train`` hands its
+        rank to ignite as the local rank (right for its single-node spawn only), so the
+        node-local rank is set again here, before anything uses it."""
+        if self._launch is None:
+            return super()._device(context)
+        os.environ["LOCAL_RANK"] = str(self._launch.local_rank)
+        ignite.distributed.set_local_rank(self._launch.local_rank)
+        ignite.distributed.sync()
+        device = self._launch.device()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        logger.info("rank %d of %d on %s", self._launch.rank, self._launch.world_size, device)
+        return device
+
+    def _create_network_and_optimizer(self, context: Context):
+        """MONAI Label wraps the network in DistributedDataParallel with a GPU index; between
+        CPU processes the wrapper takes no device."""
+        if not context.multi_gpu or context.device.type == "cuda":
+            return super()._create_network_and_optimizer(context)
+        single = copy.copy(context)
+        single.multi_gpu = False
+        network, optimizer = super()._create_network_and_optimizer(single)
+        return DistributedDataParallel(network, find_unused_parameters=self._find_unused_parameters), optimizer
+
+    def _dataset(self, context: Context, datalist: list, is_train: bool, replace_rate: float = 0.25):
+        """The whole datalist on every rank (the sampler shards it); MONAI Label's fixed
+        partition per rank would keep a rank on one part of the data for the whole run."""
+        whole = copy.copy(context)
+        whole.multi_gpu = False
+        return super()._dataset(whole, datalist, is_train, replace_rate)
+
+    def _dataloader(self, context: Context, dataset, batch_size: int, num_workers: int, shuffle: bool = False):
+        """Distributed: a ``DistributedSampler`` over the whole dataset, padded so that every
+        rank runs the same number of steps (DDP synchronises each one). Training
+        (``shuffle``) reshuffles every epoch with the run's seed (MONAI's workflow calls
+        ``set_epoch``): each epoch the ranks' parts are disjoint and cover the data.
+        Validation splits the set in order; up to ``world_size - 1`` items are counted twice."""
+        if not context.multi_gpu:
+            return super()._dataloader(context, dataset, batch_size, num_workers, shuffle)
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=int(context.request.get("seed", 0)))
+        return ThreadDataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
 
     def _load_transforms(self) -> list:
         return [
@@ -274,12 +357,35 @@ class MIDeepSegTrain(BasicTrainTask):
 
     def finalize(self, context: Context) -> None:
         super().finalize(context)
+        seed = int(context.request.get("seed", 0))
+        # Each rank its own augmentation draws; rank 0 draws what a single process draws.
+        context.trainer.data_loader.dataset.transform.set_random_state(seed=seed + context.local_rank)
+        self._record_run(context)
         if context.local_rank != 0:
             return
-        seed = int(context.request.get("seed", 0))
-        context.trainer.data_loader.dataset.transform.set_random_state(seed=seed)
         LearningCurves(context.output_dir, self.VAL_METRIC_MEAN_DICE).attach(context.trainer, context.evaluator)
         publisher = AtomicPublisher(
             os.path.join(context.output_dir, self._key_metric_filename), self._final_publish_path, self.spatial_size
         )
         publisher.attach(context.evaluator if context.evaluator else context.trainer)
+
+    def _record_run(self, context: Context) -> None:
+        """Keep the final weights' digest and, in a distributed run, each epoch's part of the
+        training data (image file names), logged at debug level."""
+        self.final_weights_digest = None
+        self.epoch_shards = {}
+        trainer = context.trainer
+        sampler = trainer.data_loader.sampler
+
+        def record_shard(engine) -> None:
+            names = [os.path.basename(str(context.train_datalist[i]["image"])) for i in sampler]
+            self.epoch_shards[engine.state.epoch] = names
+            logger.debug("rank %d, epoch %d trains on %s", context.local_rank, engine.state.epoch, names)
+
+        def record_weights(engine) -> None:
+            self.final_weights_digest = weights_digest(context.network)
+            logger.info("rank %d: final weights sha256 %s", context.local_rank, self.final_weights_digest)
+
+        if isinstance(sampler, DistributedSampler):
+            trainer.add_event_handler(Events.EPOCH_STARTED, record_shard)
+        trainer.add_event_handler(Events.COMPLETED, record_weights)

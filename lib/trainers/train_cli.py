@@ -4,6 +4,11 @@ the same :class:`MIDeepSegTrain` task the server runs on ``POST /train/{model}``
     python -m lib.trainers.train_cli --dim 2 --images DIR --labels DIR \\
         --output apps/midepseg/model/midepseg_2d.pt --epochs 60
 
+On several processes or machines, the same command under torchrun trains one
+DistributedDataParallel model (gloo on CPUs, NCCL on GPUs; rank 0 publishes ``--output``)::
+
+    torchrun --nnodes 1 --nproc_per_node 2 -m lib.trainers.train_cli --dim 2 ...
+
 Labels must have the image's file name; any label value > 0 is the object. The folder pair
 is presented to MONAI Label's ``LocalDatastore`` through symbolic links in ``--work-dir``,
 so the source folders stay read-only.
@@ -22,6 +27,7 @@ import torch
 from monailabel.datastore.local import LocalDatastore
 
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
+from lib.trainers.distributed import launch_from_env
 from lib.trainers.midepseg_train import TRAIN_PRECISIONS, MIDeepSegTrain
 from lib.transforms.cues import CUE_ENCODINGS
 
@@ -44,7 +50,10 @@ def link_datastore(images: Path, labels: Path, root: Path) -> LocalDatastore:
             continue
         for src, dst in ((image, root / image.name), (label, final / image.name)):
             if not dst.exists():
-                dst.symlink_to(src.resolve())
+                try:
+                    dst.symlink_to(src.resolve())
+                except FileExistsError:  # another rank of a torchrun job linked it first
+                    pass
         count += 1
     if count == 0:
         raise ValueError(f"no image in {images} has a label of the same name in {labels}")
@@ -71,9 +80,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", choices=TRAIN_PRECISIONS, default="float32",
                         help="bfloat16: the forward passes under CPU autocast (for CPUs with native bfloat16)")
     parser.add_argument("--cue", choices=CUE_ENCODINGS, default="egd", help="cue encoding of the margin points (ablation)")
+    parser.add_argument("--rank-report", type=Path, default=None,
+                        help="folder for rank<N>.json: this process's stats, final weights digest and data per epoch")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    launch = launch_from_env()
+    rank = launch.rank if launch else 0
+    # Under torchrun only rank 0 logs progress; the others report warnings and errors.
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[%(asctime)s] rank {rank} %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -106,6 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
     stats = task(request, datastore)
     stats["wall_time_s"] = round(time.time() - start, 1)
     logger.info("training done in %.0f s: %s", stats["wall_time_s"], json.dumps(stats, default=str)[:2000])
+    if args.rank_report:
+        args.rank_report.mkdir(parents=True, exist_ok=True)
+        report = {"rank": rank, "world_size": launch.world_size if launch else 1, "stats": stats,
+                  "weights_sha256": task.final_weights_digest, "epoch_shards": task.epoch_shards}
+        (args.rank_report / f"rank{rank}.json").write_text(json.dumps(report, indent=1, default=str))
     return stats
 
 
