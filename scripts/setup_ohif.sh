@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install (once) what the OHIF session needs: Debian's orthanc + orthanc-dicomweb (the PACS)
-# and chromium (the browser), and npm's playwright-core (tests/browser, from its lock file).
+# and chromium (the browser), and npm's playwright-core (tests/browser, from its lock file);
+# and Debian's nginx, the reverse proxy in front of several app replicas (tests/test_replicas.py).
 # Never fails its caller: when something cannot be installed it prints why, and the OHIF
 # browser test then skips with that reason.
 set -uo pipefail
@@ -11,6 +12,7 @@ need=()
 command -v Orthanc >/dev/null || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "[setup_ohif] SKIP apt: not root, cannot install ${need[*]}" >&2
@@ -18,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "[setup_ohif] SKIP apt: no apt-get on this machine, cannot install ${need[*]}" >&2
   else
     echo "[setup_ohif] apt-get install ${need[*]}" >&2
-    # Keep the orthanc package from starting its system service (the test runs its own).
+    # Keep the orthanc and nginx packages from starting their system services (the tests run their own).
     policy=/usr/sbin/policy-rc.d
     own_policy=0
     if [ ! -e "$policy" ]; then
