@@ -101,3 +101,25 @@ def test_two_gloo_processes_train_one_model(tmp_path):
     ddp_best, single_best = reports[0]["stats"]["best_metric"], single[0]["stats"]["best_metric"]
     assert ddp_best > 0.85 and single_best > 0.85
     assert abs(ddp_best - single_best) < 0.05, (ddp_best, single_best)
+
+
+def test_the_refinement_trainer_runs_as_two_gloo_ranks(tmp_path):
+    """``lib.trainers.refinement_train`` under torchrun: the ranks stop at the same step with
+    identical weights, and rank 0 publishes one loadable checkpoint."""
+    from lib.networks import REFINEMENT_IN_CHANNELS, midepseg_unet
+
+    images, labels = _synthetic_set(tmp_path / "data", n=8)
+    out = tmp_path / "model" / "midepseg_2d_refine.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+               "-m", "lib.trainers.refinement_train", "--dim", "2", "--images", str(images), "--labels", str(labels),
+               "--out", str(out), "--minutes", "0.25", "--batch-size", "2", "--max-rounds", "1", "--val-every", "2",
+               "--val-fraction", "0.25", "--subject-pattern", r"^(s\d+)_", "--rank-report", str(tmp_path / "report")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reports = [json.loads((tmp_path / "report" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0]["steps"] == reports[1]["steps"] >= 2, reports
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["midepseg_2d_refine.curves.json", "midepseg_2d_refine.pt"]
+    net = midepseg_unet(2, REFINEMENT_IN_CHANNELS)
+    net.load_state_dict(torch.load(out, map_location="cpu", weights_only=True)["model"])

@@ -24,6 +24,11 @@ bfloat16 a 3D step took 2.2-2.5 s instead of 3.6-4.3 s at 96x96x64, batch 2).
 
     python -m lib.trainers.refinement_train --dim 2 --images runs/data/mix2d/images \\
         --labels runs/data/mix2d/labels --minutes 50 --out apps/midepseg/model/midepseg_2d_refine.pt
+
+Under ``torchrun`` (several processes or machines) the same command trains one
+DistributedDataParallel network: each rank draws its own batches (seed + rank), the
+gradients are averaged, the ranks agree on the elapsed time (the longest) for the
+learning-rate halving and the stop, and rank 0 alone validates and publishes.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from monai.transforms import NormalizeIntensity
 from scipy import ndimage
 
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet, refinement_from_stage1
+from lib.trainers.distributed import Launch, launch_from_env, weights_digest
 from lib.trainers.handlers import save_atomic
 from lib.metrics import dice
 from lib.trainers.midepseg_train import OBJECT_CONTEXT, group_partition
@@ -234,12 +240,16 @@ def train(
     resume: str | None = None,
     grid: Sequence[int] | None = None,
     precision: str = "float32",
+    launch: Launch | None = None,
 ) -> dict:
-    """Train for ``minutes`` of wall time; returns the curves (also written beside ``out_path``).
+    """Train for ``minutes`` of wall time; returns the curves (also written beside ``out_path``)
+    and ``weights_sha256``, the digest of the final weights.
     ``resume``: start from these refinement weights instead of the stage-1 ones; ``grid``:
     the network grid (default: the stage-1 one); ``precision``: ``float32`` or
-    ``bfloat16`` (CPU autocast of the forward passes)."""
-    rng = np.random.RandomState(seed)
+    ``bfloat16`` (CPU autocast of the forward passes); ``launch``: this process's rank of
+    a torchrun job whose process group is initialised (``None``: one process)."""
+    rank = launch.rank if launch else 0
+    rng = np.random.RandomState(seed + rank)
     torch.manual_seed(seed)
     size = tuple(grid or DEFAULT_SPATIAL_SIZE[dim])
     if precision not in ("float32", "bfloat16"):
@@ -256,6 +266,8 @@ def train(
         net.load_state_dict(torch.load(resume, map_location="cpu", weights_only=True)["model"])
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+    # ``model`` takes the gradient steps (all-reducing under DDP); ``net`` is the network itself.
+    model = torch.nn.parallel.DistributedDataParallel(net) if launch else net
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     val_crops = [draw_crop(o, None, size) for o in val_objects]
     curves = {"step": [], "loss": [], "val": []}
@@ -263,8 +275,8 @@ def train(
     start = time.perf_counter()
     step, losses = 0, []
     halved = False
-    while time.perf_counter() - start < minutes * 60:
-        if not halved and time.perf_counter() - start > 0.7 * minutes * 60:
+    while (elapsed := _agreed_elapsed(start, launch)) < minutes * 60:
+        if not halved and elapsed > 0.7 * minutes * 60:
             for group in optimizer.param_groups:
                 group["lr"] = lr / 2
             halved = True
@@ -282,14 +294,14 @@ def train(
                 continue
             y = torch.as_tensor(np.stack([s.crop["label"] for s in sessions])[:, None].astype(np.float32))
             with autocast():
-                logits = net(x)
+                logits = model(x)
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
         step += 1
-        if step % val_every == 0:
+        if step % val_every == 0 and rank == 0:
             val = validate(net, stage1, val_crops)
             score = float(np.mean([val[k] for k in VAL_CLICKS]))
             curves["step"].append(step)
@@ -302,7 +314,21 @@ def train(
                 best = score
                 save_atomic({"model": net.state_dict(), "grid": list(size)}, out_path)
             Path(out_path).with_suffix(".curves.json").write_text(json.dumps(curves, indent=1))
+    curves["steps"] = step
+    curves["weights_sha256"] = weights_digest(net)
+    logger.info("rank %d: %d steps, final weights sha256 %s", rank, step, curves["weights_sha256"])
     return curves
+
+
+def _agreed_elapsed(start: float, launch: Launch | None) -> float:
+    """Seconds since ``start``; under DDP the longest over the ranks, so that all of them
+    halve the learning rate and stop at the same step."""
+    elapsed = time.perf_counter() - start
+    if launch is None:
+        return elapsed
+    value = torch.tensor([elapsed], dtype=torch.float64)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return float(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,9 +353,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", type=int, nargs="+", help="network grid (default: the stage-1 grid)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--rank-report", type=Path, default=None,
+                        help="folder for rank<N>.json: this process's step count and final weights digest")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    launch = launch_from_env()
+    if launch is not None and launch.world_size == 1:
+        launch = None
+    rank = launch.rank if launch else 0
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s rank {rank} %(message)s")
     torch.set_num_threads(args.threads)
+    if launch is not None:
+        # This trainer computes on the CPU: its processes talk over gloo, GPUs or not.
+        torch.distributed.init_process_group(backend="gloo", init_method="env://",
+                                             world_size=launch.world_size, rank=launch.rank)
     stage1 = args.stage1 or Path(__file__).resolve().parents[2] / "apps" / "midepseg" / "model" / f"midepseg_{args.dim}d.pt"
     datalist = [{"image": str(p), "label": str(args.labels / p.name)} for p in sorted(args.images.iterdir())
                 if (args.labels / p.name).exists()]
@@ -337,9 +374,18 @@ def main(argv: list[str] | None = None) -> int:
     objects = load_objects([(d["image"], d["label"]) for d in train_list], args.dim)
     val_objects = load_objects([(d["image"], d["label"]) for d in val_list], args.dim)
     logger.info("%d training and %d validation objects", len(objects), len(val_objects))
-    train(objects, val_objects, args.dim, str(stage1), str(args.out), args.minutes, args.batch_size, args.lr,
-          args.max_rounds, args.jitter, args.val_every, args.seed, str(args.resume) if args.resume else None,
-          args.grid, args.precision)
+    try:
+        curves = train(objects, val_objects, args.dim, str(stage1), str(args.out), args.minutes, args.batch_size,
+                       args.lr, args.max_rounds, args.jitter, args.val_every, args.seed,
+                       str(args.resume) if args.resume else None, args.grid, args.precision, launch)
+    finally:
+        if launch is not None:
+            torch.distributed.destroy_process_group()
+    if args.rank_report:
+        args.rank_report.mkdir(parents=True, exist_ok=True)
+        report = {"rank": rank, "world_size": launch.world_size if launch else 1, "steps": curves["steps"],
+                  "weights_sha256": curves["weights_sha256"]}
+        (args.rank_report / f"rank{rank}.json").write_text(json.dumps(report))
     return 0
 
 
