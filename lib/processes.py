@@ -79,3 +79,25 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, log: str | Path)
         if time.perf_counter() - start > timeout:
             raise RuntimeError(f"{url} did not answer within {timeout:.0f} s:\n{log_tail(log)}")
         time.sleep(0.5)
+
+
+class ChildService:
+    """A server run as a child process group: ``start()`` (subclasses) sets ``proc``;
+    ``stop()`` ends the group; as a context manager it starts and always stops."""
+
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+            self.proc = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

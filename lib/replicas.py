@@ -30,17 +30,20 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from lib.app_server import start_app_server
-from lib.processes import free_port, start_group, stop_group, wait_http
+from lib.processes import ChildService, free_port, start_group, stop_group, wait_http
 
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 30
 # A 3D stage 1 on a large box, or a label upload, may take this long; nginx's default is 60 s.
 PROXY_TIMEOUT_S = 600
+# nginx's temporary-file folders, all under the work folder (the defaults are root's).
+TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 def nginx_executable() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).is_file()), None)
+    """nginx on ``PATH``, or where Debian installs it (``/usr/sbin`` is not on every user's PATH)."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 
 
 def nginx_missing() -> str | None:
@@ -55,7 +58,7 @@ def nginx_config(listen_port: int, upstream_ports: Sequence[int], prefix: str | 
         raise ValueError("nginx_config: at least one upstream port is needed")
     prefix = Path(prefix)
     servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in upstream_ports)
-    temp = "\n".join(f"    {kind}_temp_path {prefix / 'temp' / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "\n".join(f"    {kind}_temp_path {prefix / 'temp' / kind};" for kind in TEMP_KINDS)
     # Started by root, nginx's workers would switch to "nobody", who cannot enter a private
     # work folder: they keep the starting user (the directive is ignored for other users).
     user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
@@ -94,7 +97,7 @@ http {{
 """
 
 
-class NginxProxy:
+class NginxProxy(ChildService):
     """``with NginxProxy(work_dir, [8001, 8002]) as proxy: proxy.url``"""
 
     def __init__(self, work_dir: str | Path, upstream_ports: Sequence[int], port: int | None = None) -> None:
@@ -105,7 +108,6 @@ class NginxProxy:
         self.upstream_ports = list(upstream_ports)
         self.port = port or free_port()
         self.log = self.work_dir / "nginx.out"
-        self.proc: subprocess.Popen | None = None
         self.startup_s = 0.0
 
     @property
@@ -115,7 +117,7 @@ class NginxProxy:
     def start(self) -> None:
         """Write the configuration, check it (``nginx -t``), start nginx and wait until the
         replicas answer through it."""
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        for kind in TEMP_KINDS:
             (self.work_dir / "temp" / kind).mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "nginx.conf"
         config.write_text(nginx_config(self.port, self.upstream_ports, self.work_dir))
@@ -131,25 +133,18 @@ class NginxProxy:
             raise
         logger.info("nginx up in %.1f s at %s -> ports %s", self.startup_s, self.url, self.upstream_ports)
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc)
-            self.proc = None
-
-    def __enter__(self) -> "NginxProxy":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 @dataclasses.dataclass
 class Replica:
-    url: str
+    port: int
     log: Path
     cache_dir: Path
     proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 @dataclasses.dataclass
@@ -190,8 +185,8 @@ def replica_set(
                                              conf={**(conf or {}), "model_dir": str(model_dir)},
                                              env={**(env or {}), "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache)})
             logger.info("replica %d up in %.1f s on port %d", i, seconds, port)
-            replicas.append(Replica(f"http://127.0.0.1:{port}", folder / "server.log", cache, proc))
-        with NginxProxy(work / "nginx", [int(r.url.rsplit(":", 1)[1]) for r in replicas], proxy_port) as proxy:
+            replicas.append(Replica(port, folder / "server.log", cache, proc))
+        with NginxProxy(work / "nginx", [r.port for r in replicas], proxy_port) as proxy:
             yield ReplicaSet(proxy, replicas, Path(model_dir))
     finally:
         for replica in replicas:

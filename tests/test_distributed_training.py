@@ -36,6 +36,7 @@ def test_launch_from_env_reads_torchrun_variables():
     assert launch.backend == ("nccl" if torch.cuda.is_available() else "gloo")
     with pytest.raises(ValueError, match="do not fit"):
         launch_from_env({**env, "RANK": "4"})
+    assert launch_from_env({**env, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}) is None  # one process
 
 
 def test_weights_digest_sees_one_changed_value():

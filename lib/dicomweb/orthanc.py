@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable
 
-from lib.processes import free_port, start_group, stop_group, wait_http
+from lib.processes import ChildService, free_port, start_group, wait_http
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def orthanc_missing() -> str | None:
     return None
 
 
-class OrthancServer:
+class OrthancServer(ChildService):
     """``with OrthancServer(work_dir) as pacs: pacs.upload(files); pacs.dicomweb_url``"""
 
     def __init__(self, work_dir: str | Path, port: int | None = None) -> None:
@@ -99,15 +99,3 @@ class OrthancServer:
 
     def get_json(self, path: str):
         return json.loads(self.get_bytes(path))
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc)
-            self.proc = None
-
-    def __enter__(self) -> "OrthancServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

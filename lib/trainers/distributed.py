@@ -5,7 +5,7 @@ which backend it talks over, and a digest of a network's weights to compare rank
 of the same trainer; each reads its place from the environment torchrun sets (``RANK``,
 ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``, ``TORCHELASTIC_RUN_ID``).
 Outside torchrun (the server's ``/train``, a plain ``python -m``) :func:`launch_from_env`
-returns ``None`` and training runs as one process (or as MONAI Label's own multi-GPU spawn).
+returns ``None`` (so does a torchrun job of one process) and training runs as one process (or as MONAI Label's own multi-GPU spawn).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class Launch:
 
 def launch_from_env(environ: dict[str, str] | None = None) -> Launch | None:
     """The torchrun launch described by ``environ`` (default ``os.environ``), or ``None``
-    when this process was not started by torchrun (a variable is missing).
+    when this process was not started by torchrun (a variable is missing) or is its only
+    process (``WORLD_SIZE`` 1: nothing to distribute).
 
     Raises:
         ValueError: when the variables are present but inconsistent (a rank outside the world).
@@ -58,6 +59,8 @@ def launch_from_env(environ: dict[str, str] | None = None) -> Launch | None:
     rank, local_rank, world_size = (int(env[name]) for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     if world_size < 1 or not 0 <= rank < world_size or not 0 <= local_rank <= rank:
         raise ValueError(f"torchrun environment: RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world_size} do not fit")
+    if world_size == 1:
+        return None
     run_id = env.get("TORCHELASTIC_RUN_ID", "none")
     if run_id == "none":  # torchrun --standalone and single-node runs without a rendezvous id
         run_id = f"torchrun_{env['MASTER_PORT']}"

@@ -215,7 +215,7 @@ class MIDeepSegTrain(BasicTrainTask):
         """Train as MONAI Label does (one process, or its multi-GPU spawn), or, when started
         by torchrun with more than one process, as this process's rank of the job."""
         launch = launch_from_env()
-        if launch is None or launch.world_size == 1:
+        if launch is None:
             return super().__call__(request, datastore)
         req = copy.deepcopy(self._config)
         req.update(copy.deepcopy(request))

@@ -357,8 +357,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for rank<N>.json: this process's step count and final weights digest")
     args = parser.parse_args(argv)
     launch = launch_from_env()
-    if launch is not None and launch.world_size == 1:
-        launch = None
     rank = launch.rank if launch else 0
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank {rank} %(message)s")
