@@ -97,9 +97,11 @@ def make_tasks(config_class, name: str, model_dir: Path, precision: str = "auto"
     return {"trained": trained, "untrained": untrained, "box only": box_only}
 
 
-def stage1(task, image_path: str, points: np.ndarray) -> np.ndarray:
+def stage1(task, image_path: str, points: np.ndarray, **extra) -> np.ndarray:
+    """The task's mask for the margin points alone; ``extra``: further request keys (e.g.
+    ``slice_axis`` for the 2D model on a volume)."""
     request = {"image": image_path, "foreground": points.tolist(), "background": [], "device": "cpu", "logging": "WARNING",
-               "skip_writer": True, "margin_points": len(points)}
+               "skip_writer": True, "margin_points": len(points), **extra}
     _, data = task(request)
     return np.asarray(data["pred"]) > 0
 

@@ -61,7 +61,7 @@ def slicewise(task_2d, image_path: str, prompts: np.ndarray, spacing: np.ndarray
         points[:, axis] = index
         where = [slice(None)] * 3
         where[axis] = index
-        out[tuple(where)] = stage1(task_2d, image_path, points)[tuple(where)]
+        out[tuple(where)] = stage1(task_2d, image_path, points, slice_axis=axis)[tuple(where)]
     return out
 
 
