@@ -25,6 +25,7 @@ import pytest
 
 from lib.app_server import start_app_server
 from lib.processes import free_port, stop_group
+from tests.conftest import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "apps" / "midepseg" / "sample_study"
@@ -636,11 +637,7 @@ def test_a_request_past_its_budget_stops_with_503_and_the_task_keeps_answering(c
 
 def test_the_ohif_demo_empties_only_a_work_folder_it_made(tmp_path):
     """``scripts/ohif_demo.py --work DIR`` used to delete DIR whatever it held."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ohif_demo", REPO_ROOT / "scripts" / "ohif_demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_script("ohif_demo")
     precious = tmp_path / "mine" / "notes.txt"
     precious.parent.mkdir()
     precious.write_text("an annotator's notes")

@@ -3,22 +3,13 @@ on the prompted slices only, along each axis, and follows true cross-sections.""
 
 from __future__ import annotations
 
-import importlib.util
-
 import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import APP_MODELS, REPO_ROOT, dice_np, noisy_image
+from tests.conftest import APP_MODELS, dice_np, load_script, noisy_image
 
 pytestmark = pytest.mark.skipif(not (APP_MODELS / "midepseg_2d.pt").is_file(), reason="shipped 2D weights missing")
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("slicewise", REPO_ROOT / "scripts" / "measure_slicewise_3d.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def test_slicewise_follows_the_prompted_cross_sections(tmp_path, task_2d, axis):
     truth = ((grids[0] - 28) / 20) ** 2 + ((grids[1] - 22) / 14) ** 2 + ((grids[2] - 14) / 9) ** 2 <= 1
     path = tmp_path / "object.nii.gz"
     nib.save(nib.Nifti1Image(noisy_image(truth, seed=1)[0], np.eye(4)), str(path))
-    script = _script()
+    script = load_script("measure_slicewise_3d")
 
     full = script.slicewise(task_2d, str(path), truth, np.ones(3), axis, min_pixels=9)
     assert dice_np(full, truth) > 0.9

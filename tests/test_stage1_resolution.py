@@ -4,21 +4,12 @@ work grid's restored one, and refinement clicks on top stay monotone with exact 
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-from tests.conftest import APP_MODELS, REPO_ROOT, dice_np
+from tests.conftest import APP_MODELS, dice_np, load_script
 
 pytestmark = pytest.mark.skipif(not (APP_MODELS / "midepseg_3d.pt").is_file(), reason="shipped 3D weights missing")
-
-
-def _measure_module():
-    spec = importlib.util.spec_from_file_location("measure", REPO_ROOT / "scripts" / "measure_stage1_resolution.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _task(way: str, ensemble: bool = False):
@@ -41,7 +32,7 @@ def test_large_3d_boundary_at_image_resolution_and_monotone_clicks(tmp_path):
     from lib.transforms.margin_points import extreme_margin_points
     from lib.transforms.robot_user import corrective_click
 
-    measure = _measure_module()
+    measure = load_script("measure_stage1_resolution")
     image, truth, spacing = measure.ellipsoid(tmp_path)  # 200 x 170 x 110, box ~ 9x the work grid
     margin = extreme_margin_points(truth)
     tasks = {way: _task(way) for way in ("work", "image")}
@@ -84,7 +75,7 @@ def test_clicks_correct_the_boundary_at_image_resolution(tmp_path):
     from lib.transforms.margin_points import extreme_margin_points
     from lib.transforms.robot_user import corrective_click
 
-    image, truth, spacing = _measure_module().ellipsoid(tmp_path)
+    image, truth, spacing = load_script("measure_stage1_resolution").ellipsoid(tmp_path)
     task = _task("image", ensemble=True)
     fg, bg = [p for p in extreme_margin_points(truth)], []
     _, data = task({"image": image, "foreground": np.asarray(fg).tolist(), "background": [], "skip_writer": True,
