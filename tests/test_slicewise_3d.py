@@ -1,11 +1,13 @@
 """``scripts/measure_slicewise_3d.py``: the 2D task run slice by slice inside a 3D object answers
-on the prompted slices only, along each axis, and follows true cross-sections."""
+on the prompted slices only, along each axis, and segments each slice from its prompt's margin
+points rather than copying the prompt."""
 
 from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from tests.conftest import APP_MODELS, dice_np, load_script, noisy_image
 
@@ -31,8 +33,12 @@ def test_slicewise_follows_the_prompted_cross_sections(tmp_path, task_2d, axis):
     nib.save(nib.Nifti1Image(noisy_image(truth, seed=1)[0], np.eye(4)), str(path))
     script = load_script("measure_slicewise_3d")
 
-    full = script.slicewise(task_2d, str(path), truth, np.ones(3), axis, min_pixels=9)
-    assert dice_np(full, truth) > 0.9
+    # Prompts 2 voxels inside every cross-section: the network finds the object's edge from their
+    # margin points (a copy of the prompts would score theirs: 0.78 / 0.86 along axis 0 / 2).
+    inner = np.stack([ndimage.binary_erosion(np.take(truth, i, axis=axis), iterations=2) for i in range(shape[axis])],
+                     axis=axis)
+    full = script.slicewise(task_2d, str(path), inner, np.ones(3), axis, min_pixels=9)
+    assert dice_np(full, truth) > 0.95 > dice_np(inner, truth) + 0.08
 
     # Prompts on the first half of the object's slices only: the answer stays on those slices.
     covered = np.nonzero(truth.any(axis=tuple(a for a in range(3) if a != axis)))[0]
