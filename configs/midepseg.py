@@ -67,6 +67,22 @@ class MIDeepSegConfig(TaskConfig):
             logger.warning("%s: no stage-1 ensemble member at %s; this model alone answers", self.name, path)
         return [p for p in paths if os.path.exists(p)]
 
+    def refinement_model_path(self) -> str | None:
+        """The learned refinement's weights asked for with ``--conf refinement_model``: a path as
+        given (absolute, or relative to the working folder) or relative to the model folder;
+        ``None`` when not asked for (the task then uses ``<model>_refine.pt``). A file asked for
+        that is in neither place stops the task at start-up: a mistyped name must not leave the
+        refinement answering with the stage-1 network's fallback."""
+        name = self.conf.get("refinement_model")
+        if not name:
+            return None
+        candidates = [str(name), os.path.join(os.path.dirname(self.path), str(name))]
+        found = next((p for p in candidates if os.path.isfile(p)), None)
+        if found is None:
+            raise ValueError(f"{self.name}: --conf refinement_model {name!r}: no such file (looked for "
+                             + " and ".join(repr(p) for p in candidates) + ")")
+        return found
+
     def infer(self) -> MIDeepSegInfer:
         kind = "2D (also on one slice of a 3D volume)" if self.dimension == 2 else "3D"
         return MIDeepSegInfer(
@@ -82,7 +98,7 @@ class MIDeepSegConfig(TaskConfig):
                 **self.refinement_defaults.get(self.conf.get("refinement") or DEFAULT_REFINEMENT[self.dimension], {}),
                 **refinement_options(self.conf),
             },
-            refinement_path=self.conf.get("refinement_model"),
+            refinement_path=self.refinement_model_path(),
             budget_s=float(self.conf.get("request_budget_s", DEFAULT_BUDGET_S)),
             stage1_resolution=self.conf.get("stage1_resolution"),
             ensemble_paths=self.ensemble_paths(),

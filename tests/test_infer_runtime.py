@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lib.infers.image_cache import CachedLoadImaged, ImageLoader
-from lib.networks import inference_dtype, midepseg_unet, native_bfloat16, predict_probability
+from lib.networks import REFINEMENT_IN_CHANNELS, inference_dtype, midepseg_unet, native_bfloat16, predict_probability
 
 
 class CountingLoader(ImageLoader):
@@ -154,3 +154,28 @@ def test_stage1_ensemble_averages_the_members_probabilities(tmp_path):
     np.testing.assert_allclose(_stage1_probability(both, image_path, points), (alone_a + alone_b) / 2, atol=1e-5)
     with pytest.raises(ValueError, match="no weights at .*missing.pt"):
         task("a.pt", "missing.pt")
+
+
+def test_refinement_model_is_found_or_stops_the_task(tmp_path, monkeypatch):
+    """``--conf refinement_model``: a file relative to the model folder or as given is the
+    learned refinement's weights; a name that is in neither place stops the task at start-up,
+    naming it (it used to warn and refine with the stage-1 network's fallback)."""
+    from configs.midepseg import MIDeepSeg2DConfig
+
+    models = tmp_path / "model"
+    (models / "candidates").mkdir(parents=True)
+    torch.save({"model": midepseg_unet(2, in_channels=REFINEMENT_IN_CHANNELS).state_dict()},
+               models / "candidates" / "r.pt")
+    monkeypatch.chdir(tmp_path)
+
+    def learned_path(name: str) -> str:
+        config = MIDeepSeg2DConfig()
+        config.init("midepseg_2d", str(models), {"refinement": "learned", "refinement_model": name}, None)
+        return config.infer()._learned.path
+
+    in_folder = str(models / "candidates" / "r.pt")
+    assert learned_path("candidates/r.pt") == in_folder
+    assert learned_path("model/candidates/r.pt") == "model/candidates/r.pt"  # relative to the working folder
+    assert learned_path(in_folder) == in_folder
+    with pytest.raises(ValueError, match="refinement_model 'candidates/typo.pt': no such file"):
+        learned_path("candidates/typo.pt")
