@@ -28,6 +28,9 @@ Usage::
 
     PATH=$PWD/.venv/bin:$PATH .venv/bin/python scripts/benchmark_server.py [--clicks 5] [--url URL] [--conf KEY VALUE]
 
+``--volume IMAGE LABEL`` (repeatable) adds a 3D case of your own (a NIfTI image and its binary
+label of the same grid), e.g. a large object whose relaxed box exceeds the BraTS tumour's.
+
 ``--conf`` settings go to the server this script starts (e.g. ``--conf work_voxels 25600``
 for the 2D work grid before session 9, ``--conf stage1_ensemble none`` for the 3D network
 alone).
@@ -212,6 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--worst-case", action="store_true", help="also the most expensive accepted request, cold")
     parser.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="a server --conf setting for the server this script starts (e.g. --conf work_voxels 10000)")
+    parser.add_argument("--volume", nargs=2, action="append", default=[], type=Path, metavar=("IMAGE", "LABEL"),
+                        help="also a 3D case of your own: a NIfTI image and its binary label (label > 0)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -231,6 +236,11 @@ def main(argv=None) -> int:
     ]
     make_2d_case(args.data, args.hc18_case, studies / "bench_hc18_512.png", refs / "bench_hc18_512.png")
     make_3d_case(args.data, studies / "bench_brats_t1c.nii.gz", refs / "bench_brats_t1c.nii.gz")
+    for k, (image, label) in enumerate(args.volume):
+        image_id = f"bench_volume_{k}"
+        shutil.copy(image, studies / f"{image_id}.nii.gz")
+        shutil.copy(label, refs / f"{image_id}.nii.gz")
+        cases.append((f"3D volume {image.name}", "midepseg_3d", image_id, ".nii.gz"))
 
     server = None
     try:
