@@ -142,12 +142,12 @@ class MIDeepSeg3DConfig(MIDeepSegConfig):
     # (previous "merged": a click no longer gives back what the last click of the other kind
     # changed) on the same 14 objects: 0.809 -> 0.810 after 10 clicks, worse clicks 0.7 % -> 0 %.
     # Session 16, with the 3D graph cut at lamda 20 / sigma 0.03 (lib/infers/midepseg_infer.py:
-    # GRAPH_CUT_DEFAULTS): 0.820 after 10 clicks, and without the radius limit 0.828 (radius 5:
-    # 0.824), no worse click in any; but without it two background clicks in an uploaded leaking
-    # spleen take spleen with the leak (Dice 0.9916 -> 0.9865, tests/test_server_e2e.py), so the
-    # limit stays (README, "Graph-cut contrast in 3D").
+    # GRAPH_CUT_DEFAULTS): radius limit 3 / 5 / off 0.820 / 0.824 / 0.828 after 10 clicks, no worse
+    # click in any; off lets two background clicks in an uploaded leaking spleen take spleen with
+    # the leak (Dice 0.9916 -> 0.9865, tests/test_server_e2e.py), radius 5 does not (0.9948), so 5
+    # (README, "Graph-cut contrast in 3D").
     refinement_defaults = {
-        "ifgc_repaired": {"spatial_weight": 0.5, "claims": "all", "geodesic_weight": 0.5, "radius_limit": 3.0,
+        "ifgc_repaired": {"spatial_weight": 0.5, "claims": "all", "geodesic_weight": 0.5, "radius_limit": 5.0,
                           "previous": "merged"}
     }
     stage1_ensemble = "midepseg_3d_generic.pt"

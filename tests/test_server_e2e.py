@@ -356,8 +356,8 @@ def test_robot_clicks_improve_dice(server):
     """3D model on the unseen CT liver: stage 1 is imperfect, then 3 robot corrective clicks
     with all points resent. The clicked voxels alone (forced to their label) move Dice by
     < 0.0001 on a liver of ~39,000 voxels, so a gain of 0.03 needs the refinement (the default
-    repaired IF-GC with the 3D graph cut of session 16: 0.775 -> 0.853 measured in-process with
-    the shipped weights). The spleen was this test's case until then; with that cut its stage 1
+    repaired IF-GC with the 3D graph cut of session 16: 0.775 -> 0.861 with radius limit 5, 0.853
+    with 3, measured with the shipped weights). The spleen was this test's case until then; with that cut its stage 1
     reaches 0.926 and 3 clicks add 0.002."""
     from lib.transforms.margin_points import extreme_margin_points
 
@@ -502,9 +502,10 @@ def test_refining_an_uploaded_mask(server, tmp_path):
     stage 1 (no margin points). An automatic segmentation that leaks (the spleen plus a
     10 mm ball of the tissue next to it, ~160 voxels) comes back unchanged without clicks;
     two robot clicks remove most of the leak, where forcing the clicked voxels alone removes
-    2 voxels (measured with the 3D default's graph cut of session 16, lamda 20 / sigma 0.03:
-    99 % of the leak removed, Dice 0.9917 -> 0.9950, the cut between leak and spleen taking
-    about 0.4 % of the spleen with it; forced 0.9917. With the paper's cut: 94 % removed,
+    2 voxels (measured with the 3D default of session 16, lamda 20 / sigma 0.03, radius limit 5:
+    99 % of the leak removed, Dice 0.9917 -> 0.9948, the cut between leak and spleen taking
+    about 0.4 % of the spleen with it; forced 0.9917. Radius limit 3: 0.9950; no radius limit:
+    0.9865, the clicks take spleen with the leak. With the paper's cut: 94 % removed,
     0.992 -> 0.9995). A 15 mm leak loses only 12 % to two clicks: the repaired IF-GC's reach
     is a click's depth in its error region (README)."""
     import nibabel as nib
