@@ -165,8 +165,10 @@ def reference(case: dict, loader: LoadImage) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(
     dim: int, model_dir: Path, limit_hc18: int | None, precision: str = "auto", folder: Path | None = None,
-    baselines: tuple[str, ...] = (), conf: dict | None = None,
+    baselines: tuple[str, ...] = (), conf: dict | None = None, request: dict | None = None,
 ) -> list[dict]:
+    """Stage-1 rows per case; ``conf``: task options (``--conf``), ``request``: request parameters
+    sent with every stage-1 request (e.g. ``lamda``/``sigma`` of the graph cut)."""
     config = MIDeepSeg2DConfig if dim == 2 else MIDeepSeg3DConfig
     tasks = make_tasks(config, f"midepseg_{dim}d", model_dir, precision, conf)
     methods = [m for m in build_methods(baselines, dims=(dim,))[0] if m.supports(dim)]
@@ -201,7 +203,7 @@ def evaluate(
                 row[method.key] = round(dice(pred, ref), 4)
         for variant, task in tasks.items():
             start = time.perf_counter()
-            pred = stage1(task, case["image"], points)
+            pred = stage1(task, case["image"], points, **(request or {}))
             row[f"{variant} s"] = round(time.perf_counter() - start, 3)
             if case.get("slice"):
                 pred = pred[..., k]
@@ -235,6 +237,8 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=None, help="evaluate the image/label pairs of this folder (one --dims)")
     parser.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="a task option as the server's --conf takes it (e.g. --conf stage1_resolution work)")
+    parser.add_argument("--request", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="a numeric request parameter for every stage-1 request (e.g. --request lamda 20 --request sigma 0.03)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("monailabel", "monai"):
@@ -245,7 +249,7 @@ def main() -> None:
     results, tables = {}, []
     for dim in args.dims:
         rows = evaluate(dim, args.model_dir, args.limit_hc18, args.precision, args.folder, tuple(args.baselines),
-                        dict(args.conf))
+                        dict(args.conf), {key: float(value) for key, value in args.request})
         results[f"{dim}d"] = rows
         tables.append(summary(rows, dim))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

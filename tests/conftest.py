@@ -28,11 +28,11 @@ def load_script(name: str) -> ModuleType:
 
 def stage1_mask(task, image: str | Path, points: np.ndarray, **request) -> np.ndarray:
     """The infer task's boolean answer to the margin points alone (``request``: extra keys,
-    e.g. ``slice_axis``); the shape of the image's spatial axes."""
-    points = np.asarray(points)
-    _, data = task({"image": str(image), "foreground": points.tolist(), "background": [], "device": "cpu",
-                    "logging": "WARNING", "skip_writer": True, "margin_points": len(points), **request})
-    return np.asarray(data["pred"]) > 0
+    e.g. ``slice_axis``); the shape of the image's spatial axes
+    (``scripts/evaluate_generalisation.py: stage1``)."""
+    from scripts.evaluate_generalisation import stage1
+
+    return stage1(task, str(image), np.asarray(points), **request)
 
 
 def ellipsoid_mask(shape, centre, radius, spacing=None) -> np.ndarray:

@@ -244,6 +244,8 @@ class MIDeepSegInfer(BasicInferTask):
         ensemble_paths: Sequence[str] = (),
         **kwargs,
     ) -> None:
+        refinement = refinement or DEFAULT_REFINEMENT[dimension]
+        lamda, sigma = graph_cut_defaults(dimension, refinement)
         super().__init__(
             path=path,
             network=network,
@@ -251,8 +253,7 @@ class MIDeepSegInfer(BasicInferTask):
             labels=list(labels),
             dimension=dimension,
             description=description,
-            config={"margin_points": margin_points,
-                    **dict(zip(("lamda", "sigma"), graph_cut_defaults(dimension, refinement or DEFAULT_REFINEMENT[dimension])))},
+            config={"margin_points": margin_points, "lamda": lamda, "sigma": sigma},
             load_strict=True,
             **kwargs,
         )
@@ -266,7 +267,6 @@ class MIDeepSegInfer(BasicInferTask):
         inference_dtype(precision, "cpu")  # fail at start-up on an unknown precision
         self.precision = precision
         self.cue = check_encoding(cue)
-        refinement = refinement or DEFAULT_REFINEMENT[dimension]
         if refinement not in REFINEMENTS:
             raise ValueError(f"refinement must be one of {tuple(REFINEMENTS)}, got {refinement!r}")
         self.refinement = refinement
