@@ -8,6 +8,9 @@ EGD cue); output: 2-class logits (softmax gives background/foreground probabilit
 
 from __future__ import annotations
 
+import copy
+import weakref
+
 import torch
 from monai.networks.nets import BasicUNet
 
@@ -79,14 +82,46 @@ def inference_dtype(precision: str, device: str | torch.device) -> torch.dtype:
 
 def predict_probability(network: torch.nn.Module, image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Softmax class probabilities ``(B, 2, *spatial)`` float32 of a network input
-    ``(B, 2, *spatial)``. In 3D the network (in place, once) and the input are switched to
-    channels-last, oneDNN's fast path on a CPU (0.43 s instead of 0.69 s in float32 here)."""
+    ``(B, 2, *spatial)``, computed in ``dtype``.
+
+    In 3D the network (in place, once) and the input are switched to channels-last, oneDNN's
+    fast path on a CPU (0.43 s instead of 0.69 s in float32 here). In bfloat16 the whole
+    forward pass runs on a bfloat16 copy of the network (:func:`compute_copy`; the network
+    itself keeps its float32 weights), input cast to bfloat16: autocast would instead convert
+    every activation to float32 around each normalisation and back, which took half the
+    time of a 3D stage-1 pass here (96x96x64: 0.15 s against 0.33 s with autocast; 2D
+    refinement batch of 9: 0.024 s against 0.034 s).
+    """
     if image.ndim == 5:
         network.to(memory_format=torch.channels_last_3d)
         image = image.contiguous(memory_format=torch.channels_last_3d)
-    with torch.no_grad(), torch.autocast(image.device.type, dtype=dtype, enabled=dtype != torch.float32):
+    if dtype != torch.float32:
+        network, image = compute_copy(network, dtype), image.to(dtype)
+    with torch.no_grad():
         logits = network(image)
     return torch.softmax(logits.float(), dim=1)
+
+
+_COMPUTE_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def compute_copy(network: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``network`` with its parameters and buffers in ``dtype`` (same device and
+    memory format), made once per network and dtype and kept while the network lives; made
+    again when the network's parameters were replaced or changed in place since."""
+    copies = _COMPUTE_COPIES.setdefault(network, {})
+    version = tuple((id(p), p._version) for p in network.parameters())
+    held = copies.get(dtype)
+    if held is None or held[0] != version:
+        memory_format = torch.channels_last_3d if _is_channels_last_3d(network) else torch.preserve_format
+        held = (version, copy.deepcopy(network).to(dtype=dtype, memory_format=memory_format).eval())
+        copies[dtype] = held
+    return held[1]
+
+
+def _is_channels_last_3d(network: torch.nn.Module) -> bool:
+    weight = next((p for p in network.parameters() if p.ndim == 5), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 # The learned refinement (issue 10 (c)): the stage-1 U-Net re-run on the same crop with the

@@ -88,6 +88,24 @@ def test_bfloat16_probabilities_agree_with_float32(dim, shape):
     assert float((p32 - p16).abs().max()) < 0.05
 
 
+def test_bfloat16_runs_on_a_copy_that_follows_the_weights():
+    """A bfloat16 pass leaves the network's float32 weights as they were (a float32 pass
+    afterwards gives exactly what it gave before), and new weights loaded in place reach the
+    bfloat16 copy."""
+    torch.manual_seed(0)
+    network = midepseg_unet(2).eval()
+    image = torch.randn(1, 2, 32, 32)
+    before = predict_probability(network, image, torch.float32)
+    first = predict_probability(network, image, torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+    assert torch.equal(predict_probability(network, image, torch.float32), before)
+    torch.manual_seed(1)
+    network.load_state_dict(midepseg_unet(2).state_dict())
+    reloaded = predict_probability(network, image, torch.bfloat16)
+    assert float((reloaded - predict_probability(network, image, torch.float32)).abs().max()) < 0.05
+    assert float((reloaded - first).abs().max()) > 0.05
+
+
 def test_cached_click_distances_equal_the_fusion_definition():
     """With the paper's options the refinement's distance maps, built from the per-click
     cache, are exactly click_distances (the definition the fusion tests check), also when a
