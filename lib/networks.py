@@ -9,6 +9,7 @@ EGD cue); output: 2-class logits (softmax gives background/foreground probabilit
 from __future__ import annotations
 
 import copy
+import itertools
 import weakref
 
 import torch
@@ -108,9 +109,10 @@ _COMPUTE_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.We
 def compute_copy(network: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """A copy of ``network`` with its parameters and buffers in ``dtype`` (same device and
     memory format), made once per network and dtype and kept while the network lives; made
-    again when the network's parameters were replaced or changed in place since."""
+    again when the network's parameters or buffers were replaced or changed in place since
+    (``load_state_dict`` and optimiser steps bump a tensor's version counter)."""
     copies = _COMPUTE_COPIES.setdefault(network, {})
-    version = tuple((id(p), p._version) for p in network.parameters())
+    version = tuple((id(t), t._version) for t in itertools.chain(network.parameters(), network.buffers()))
     held = copies.get(dtype)
     if held is None or held[0] != version:
         memory_format = torch.channels_last_3d if _is_channels_last_3d(network) else torch.preserve_format

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lib.infers.image_cache import CachedLoadImaged, ImageLoader
-from lib.networks import REFINEMENT_IN_CHANNELS, inference_dtype, midepseg_unet, native_bfloat16, predict_probability
+from lib.networks import REFINEMENT_IN_CHANNELS, compute_copy, inference_dtype, midepseg_unet, native_bfloat16, predict_probability
 
 
 class CountingLoader(ImageLoader):
@@ -104,6 +104,21 @@ def test_bfloat16_runs_on_a_copy_that_follows_the_weights():
     reloaded = predict_probability(network, image, torch.bfloat16)
     assert float((reloaded - predict_probability(network, image, torch.float32)).abs().max()) < 0.05
     assert float((reloaded - first).abs().max()) > 0.05
+
+
+def test_bfloat16_copy_is_made_once_per_weights_in_3d():
+    """On the per-click path the bfloat16 copy is reused: the 3D pass's in-place switch of the
+    network to channels-last must not count as a weight change (a new copy per call would cost
+    a deep copy per request)."""
+    network = midepseg_unet(3).eval()
+    image = torch.randn(1, 2, 32, 32, 32)
+    predict_probability(network, image, torch.bfloat16)
+    held = compute_copy(network, torch.bfloat16)
+    predict_probability(network, image, torch.bfloat16)
+    assert compute_copy(network, torch.bfloat16) is held
+    with torch.no_grad():  # as an optimiser step changes a weight
+        next(network.parameters()).mul_(2.0)
+    assert compute_copy(network, torch.bfloat16) is not held
 
 
 def test_cached_click_distances_equal_the_fusion_definition():
