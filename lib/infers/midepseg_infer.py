@@ -63,7 +63,8 @@ from lib.transforms.cues import check_encoding, cue_map
 from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, spatial_distance, temper_probability
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
 from lib.transforms.monotone_edits import (
-    PREVIOUS, boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, signed_depth,
+    PREVIOUS, boundary_depth, changes_near_clicks, claimed_changes, equivalent_radius, local_changes, monotone_masks,
+    signed_depth,
 )
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
@@ -158,6 +159,14 @@ class RefinementOptions:
         radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
             click's depth (in the previous mask) of a click of their kind
             (:func:`changes_near_clicks`; after ``claims``).
+        radius_floor: with ``radius_limit``, every click reaches at least this fraction of the
+            previous mask's :func:`equivalent_radius` (a shallow click on a large object may
+            still answer a long strip).
+        bound_from: what ``claims``, ``radius_limit`` and ``reach_limit`` measure a state's
+            changes from (:data:`BOUND_FROM`): ``"previous"`` (the mask its proposal refined)
+            or ``"merged"`` (the merged parents' mask, whatever the proposal refined: with
+            ``previous diagonal``, a click then cannot take back what the last click of the
+            other kind decided beyond its own reach).
         previous: the mask each state's proposal refines (:func:`monotone_masks`,
             :data:`PREVIOUS`): ``"diagonal"`` (the state without its last click of either
             kind) or ``"merged"`` (the last clicks' decisions both standing).
@@ -177,6 +186,8 @@ class RefinementOptions:
     claims: str = "none"
     geodesic_weight: float = 1.0
     radius_limit: float = 0.0
+    radius_floor: float = 0.0
+    bound_from: str = "previous"
     spatial_term: str = "euclidean"
     previous: str = "diagonal"
 
@@ -201,6 +212,9 @@ REFINEMENTS = {
 # IF-GC in 3D (the 3D learned refinement, selectable, lowers the held-out tumour); README,
 # "Corrective clicks".
 DEFAULT_REFINEMENT = {2: "learned_ifgc", 3: "ifgc_repaired"}
+# What a state's bounds (claims, radius and depth limits) measure its changes from
+# (RefinementOptions.bound_from).
+BOUND_FROM = ("previous", "merged")
 
 
 def warm_up_label_writer() -> None:
@@ -279,6 +293,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement claims must be one of {CLAIMS}, got {self.options.claims!r}")
         if self.options.spatial_term not in SPATIAL_TERMS:
             raise ValueError(f"refinement spatial_term must be one of {SPATIAL_TERMS}, got {self.options.spatial_term!r}")
+        if self.options.bound_from not in BOUND_FROM:
+            raise ValueError(f"refinement bound_from must be one of {BOUND_FROM}, got {self.options.bound_from!r}")
         if self.options.previous not in PREVIOUS:
             raise ValueError(f"refinement previous must be one of {PREVIOUS}, got {self.options.previous!r}")
         if not self.options.radius_limit >= 0:
@@ -785,10 +801,12 @@ class _Refinement:
         return tuple(np.minimum.reduce(m) if m else None for m in (fg_maps, bg_maps))
 
     def propose(self, data: dict, states, previous) -> list[np.ndarray]:
+        """The proposals ``R`` of ``states``, each refining its ``previous`` mask; bounded
+        against it (:meth:`bound`) unless the bounds are taken against the merged parents
+        (``bound_from``)."""
         if data.get("deadline") is not None:
             data["deadline"].check(f"{len(states)} refinement state(s)")
-        fg_all, bg_all = data["fg_clicks_work"], data["bg_clicks_work"]
-        clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
+        clicks = [self._clicks(data, state) for state in states]
         if self.options.proposal == "learned" and "stage1_input" in data:  # not for an uploaded label
             probabilities = self.learned(data, clicks, previous)
             masks = [self._learned_mask(data, fg, bg, prev, p) for (fg, bg), prev, p in zip(clicks, previous, probabilities)]
@@ -796,20 +814,29 @@ class _Refinement:
             masks = [self._nearest_seed(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
         else:
             masks = [self._cut(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
-        if self.options.claims != "none":
-            masks = [self._claimed(data, mask, prev, fg, bg) for mask, prev, (fg, bg) in zip(masks, previous, clicks)]
-        if self.options.radius_limit > 0:
-            masks = [changes_near_clicks(mask, prev, fg, bg, self.options.radius_limit, data["work_spacing"])
-                     for mask, prev, (fg, bg) in zip(masks, previous, clicks)]
-        if not (self.options.local or self.options.reach_limit > 0):
+        if self.options.bound_from == "merged":
             return masks
-        out = []
-        for mask, prev, (fg, bg) in zip(masks, previous, clicks):
-            if self.options.reach_limit > 0:
-                out.append(local_changes(mask, prev, fg, bg, self.options.reach_limit, data["work_spacing"]))
-            else:
-                out.append(local_changes(mask, prev, fg, bg))
-        return out
+        return [self.bound(data, state, mask, prev) for state, mask, prev in zip(states, masks, previous)]
+
+    @staticmethod
+    def _clicks(data: dict, state: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        i, j = state
+        return data["fg_clicks_work"][:i], data["bg_clicks_work"][:j]
+
+    def bound(self, data: dict, state: tuple[int, int], mask: np.ndarray, parent: np.ndarray) -> np.ndarray:
+        """One state's proposal with only the changes from ``parent`` that its clicks reach:
+        the seeds' claims, the radius limit and the depth limit of the options."""
+        fg, bg = self._clicks(data, state)
+        if self.options.claims != "none":
+            mask = self._claimed(data, mask, parent, fg, bg)
+        if self.options.radius_limit > 0:
+            floor = self.options.radius_floor * equivalent_radius(parent, data["work_spacing"])
+            mask = changes_near_clicks(mask, parent, fg, bg, self.options.radius_limit, data["work_spacing"], floor)
+        if self.options.reach_limit > 0:
+            return local_changes(mask, parent, fg, bg, self.options.reach_limit, data["work_spacing"])
+        if self.options.local:
+            return local_changes(mask, parent, fg, bg)
+        return mask
 
     def _border(self, data: dict) -> np.ndarray:
         """The work grid's faces inside the image (:func:`box_border`), once per work crop."""
@@ -884,8 +911,9 @@ class _Refinement:
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
             return data
+        bound = (lambda state, mask, parent: self.bound(data, state, mask, parent)) if self.options.bound_from == "merged" else None
         masks = monotone_masks(n, m, known[(0, 0)], lambda states, prev: self.propose(data, states, prev), known,
-                               self.options.previous)
+                               self.options.previous, bound)
         for state, mask in masks.items():
             if state not in known:
                 self._masks.put(self._state_key(data, state, weights), mask)
