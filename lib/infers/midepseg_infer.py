@@ -791,9 +791,11 @@ class _Refinement:
         along = None
         if self.options.depth_reach and self.options.spatial_term == "depth" and len(fg) + len(bg):
             along = signed_depth(previous, data["work_spacing"])
-        for points, maps in ((fg, fg_maps), (bg, bg_maps)):
-            depths = boundary_depth(previous, points, data["work_spacing"]) if self.options.depth_reach else [None] * len(points)
-            maps.extend(self._click_map(data, p, d, along) for p, d in zip(points, depths))
+        depths = [None] * (len(fg) + len(bg))
+        if self.options.depth_reach:  # both kinds in one pass over the boundary
+            depths = boundary_depth(previous, np.concatenate([fg, bg]), data["work_spacing"])
+        for points, maps, click_depths in ((fg, fg_maps, depths[:len(fg)]), (bg, bg_maps, depths[len(fg):])):
+            maps.extend(self._click_map(data, p, d, along) for p, d in zip(points, click_depths))
         if self.options.fusion_margin and len(margin):
             fg_maps.append(self.distances.distance(data, margin))
         if self.options.border_background:

@@ -210,20 +210,28 @@ def local_changes(
     new, old = np.asarray(proposal) > 0, np.asarray(previous) > 0
     out = old.copy()
     structure = ndimage.generate_binary_structure(new.ndim, new.ndim)
+    kinds = []  # (changed voxels, clicks, label) of each kind of change that has both
     for change, points, value in ((new & ~old, foreground, True), (old & ~new, background, False)):
         pts = np.asarray(points, dtype=np.int64).reshape(-1, new.ndim)
-        if not len(pts) or not change.any():
-            continue
-        limits = np.full(len(pts), np.inf) if not np.isfinite(reach) else reach * boundary_depth(old, pts, spacing)
+        if len(pts) and change.any():
+            kinds.append((change, pts, value))
+    if np.isfinite(reach) and kinds:  # every depth in one pass over the boundary
+        queries = [q for change, pts, _ in kinds for q in (pts, np.argwhere(change))]
+        depths = np.split(boundary_depth(old, np.concatenate(queries), spacing), np.cumsum([len(q) for q in queries])[:-1])
+    neighbours = np.argwhere(structure) - 1
+    for k, (change, pts, value) in enumerate(kinds):
+        limits = np.full(len(pts), np.inf)
+        depth = None
         if np.isfinite(reach):
+            limits = reach * depths[2 * k]
             depth = np.full(new.shape, np.inf)
-            depth[change] = boundary_depth(old, np.argwhere(change), spacing)
+            depth[change] = depths[2 * k + 1]  # argwhere and boolean indexing share the C order
         for limit in sorted(set(limits.tolist())):
-            band = change if not np.isfinite(limit) else change & (depth <= limit)
+            band = change if depth is None else change & (depth <= limit)
             labels, _ = ndimage.label(band, structure)
-            seeds = np.zeros(new.shape, dtype=bool)
-            seeds[tuple(pts[limits == limit].T)] = True
-            touched = np.unique(labels[ndimage.binary_dilation(seeds, structure)])
+            around = (pts[limits == limit][:, None, :] + neighbours[None]).reshape(-1, new.ndim)
+            around = around[np.all((around >= 0) & (around < new.shape), axis=1)]
+            touched = np.unique(labels[tuple(around.T)])
             out[np.isin(labels, touched[touched > 0])] = value
     return out
 
