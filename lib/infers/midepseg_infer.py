@@ -297,8 +297,9 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement bound_from must be one of {BOUND_FROM}, got {self.options.bound_from!r}")
         if self.options.previous not in PREVIOUS:
             raise ValueError(f"refinement previous must be one of {PREVIOUS}, got {self.options.previous!r}")
-        if not self.options.radius_limit >= 0:
-            raise ValueError(f"refinement radius_limit must be >= 0, got {self.options.radius_limit!r}")
+        for name in ("radius_limit", "radius_floor", "reach_limit"):
+            if not getattr(self.options, name) >= 0:
+                raise ValueError(f"refinement {name} must be >= 0, got {getattr(self.options, name)!r}")
         if not self.options.geodesic_weight >= 0:
             raise ValueError(f"refinement geodesic_weight must be >= 0, got {self.options.geodesic_weight!r}")
         if not self.options.temperature > 0:
