@@ -13,6 +13,7 @@ of a second on 10^6-voxel crops and 18/26-neighbourhoods triple/quadruple the ed
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Mapping, Sequence
 
@@ -106,7 +107,7 @@ def graph_cut(
         cost_fg[idx] = 0.0 if label else _HARD
         cost_bg[idx] = _HARD if label else 0.0
 
-    edges = _unit_edge_weights(img, sigma, sp, offsets) if lamda > 0 else []
+    edges = _cached_edge_weights(img, sigma, sp, offsets) if lamda > 0 else []
     mask = _min_cut(img.shape, cost_fg, cost_bg, lamda, edges)
     for _ in range(MAX_LAMDA_HALVINGS if min_kept > 0 else 0):
         if expected == 0 or np.count_nonzero(mask) >= min_kept * expected:
@@ -211,6 +212,24 @@ def _unit_edge_weights(img: np.ndarray, sigma: float, sp: np.ndarray, offsets) -
         structure = np.zeros((3,) * img.ndim)
         structure[tuple(1 + o for o in off)] = 1
         edges.append((structure, _contrast(intensity - shifted, sigma, dist)))
+    return edges
+
+
+def _cached_edge_weights(img: np.ndarray, sigma: float, sp: np.ndarray, offsets) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_unit_edge_weights`, remembered for the last few images (compared by content):
+    the refinement cuts every state of a click on the same work grid."""
+    data = np.ascontiguousarray(img)
+    return _edge_weights_of(data.tobytes(), data.shape, data.dtype.str, float(sigma), tuple(sp.tolist()), tuple(offsets))
+
+
+@functools.lru_cache(maxsize=8)
+def _edge_weights_of(data: bytes, shape: tuple[int, ...], dtype: str, sigma: float, spacing: tuple[float, ...],
+                     offsets: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
+    img = np.frombuffer(data, dtype=dtype).reshape(shape)
+    edges = _unit_edge_weights(img, sigma, np.asarray(spacing), offsets)
+    for structure, weights in edges:  # shared between calls: read-only
+        structure.setflags(write=False)
+        weights.setflags(write=False)
     return edges
 
 

@@ -33,6 +33,7 @@ clicks and nothing cached costs about ``(n/2 + 1)^2``.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -136,11 +137,22 @@ def boundary_depth(mask: np.ndarray, points: np.ndarray, spacing: Sequence[float
         return np.full(len(pts), float(np.max(np.asarray(m.shape) * sp)))
     out = np.empty(len(pts))
     inside = m[tuple(pts.T)]
-    for side, selected in ((m, inside), (~m, ~inside)):
+    trees = _boundary_trees(np.packbits(m).tobytes(), m.shape, tuple(sp.tolist()))
+    for tree, selected in zip(trees, (inside, ~inside)):
         if selected.any():
-            boundary = ~side & ndimage.binary_dilation(side)
-            out[selected] = cKDTree(np.argwhere(boundary) * sp).query(pts[selected] * sp)[0]
+            out[selected] = tree.query(pts[selected] * sp)[0]
     return np.maximum(out, float(sp.min()))
+
+
+@functools.lru_cache(maxsize=32)
+def _boundary_trees(packed: bytes, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[cKDTree, cKDTree]:
+    """KD-trees (physical coordinates) of the voxels just outside the foreground and just
+    outside the background of the mask ``np.packbits`` packed into ``packed`` (both sides
+    present): the nearest boundary voxels of :func:`boundary_depth`. Cached by the mask's
+    bits, so the states of a request that measure depths in the same mask build them once."""
+    m = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=int(np.prod(shape))).reshape(shape).astype(bool)
+    sp = np.asarray(spacing)
+    return tuple(cKDTree(np.argwhere(~side & ndimage.binary_dilation(side)) * sp) for side in (m, ~m))
 
 
 def claimed_changes(
