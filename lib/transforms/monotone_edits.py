@@ -144,7 +144,7 @@ def boundary_depth(mask: np.ndarray, points: np.ndarray, spacing: Sequence[float
     return np.maximum(out, float(sp.min()))
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=16)  # a few MB at most: masks of the work grid (<= 48^3 voxels)
 def _boundary_trees(packed: bytes, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[cKDTree, cKDTree]:
     """KD-trees (physical coordinates) of the voxels just outside the foreground and just
     outside the background of the mask ``np.packbits`` packed into ``packed`` (both sides
