@@ -116,6 +116,29 @@ def test_bounds_from_the_merged_parents_keep_the_guarantees():
         cold.close()
 
 
+def test_a_stage1_sigma_applies_to_the_stage1_cut_only():
+    """``--conf stage1_sigma 0.2``: the stage-1 mask is the one a request with ``sigma 0.2``
+    gets (and differs from the default's on the 2D sample slice: 7 pixels measured), while the
+    refinement's cuts keep the task's sigma; a request that sends a sigma gets it for every cut."""
+    image, ref, spacing = _case(CASES[2], 2)
+    staged, everywhere, default = (MIDeepSegMethod(2, conf={"stage1_sigma": "0.2"}), MIDeepSegMethod(2, options={"sigma": 0.2}),
+                                   MIDeepSegMethod(2))
+    try:
+        margin = run_protocol(default, image, ref, spacing, 0).margin_points
+        none = np.zeros((0, 2), dtype=np.int64)
+        first = [m.segment(image, spacing, margin, none, none) for m in (staged, everywhere, default)]
+        np.testing.assert_array_equal(first[0], first[1])
+        assert (first[0] != first[2]).any(), "sigma 0.2 changes nothing here: the case does not test the option"
+        click = np.argwhere(ref != first[0])[:1]
+        data = staged.request_data(image, spacing, margin, none, click)
+        assert data["sigma"] == 0.1 and data["stage1_sigma"] == 0.2
+        data = everywhere.request_data(image, spacing, margin, none, click)
+        assert data["sigma"] == 0.2 and "stage1_sigma" not in data
+    finally:
+        for m in (staged, everywhere, default):
+            m.close()
+
+
 def test_three_clicks_beat_a_do_nothing_refinement(session):
     dim, method, image, ref, spacing, result = session
     clicks = result.clicks[:3]
@@ -163,7 +186,7 @@ def test_refinement_presets_and_options_are_checked():
                          ({"geodesic_weight": "-1"}, "geodesic_weight must be >= 0"),
                          ({"radius_limit": "-1"}, "radius_limit must be >= 0"),
                          ({"radius_floor": "-1"}, "radius_floor must be >= 0"), ({"reach_limit": "nan"}, "reach_limit must be >= 0"),
-                         ({"bound_from": "sideways"}, "bound_from must be one of"),
+                         ({"bound_from": "sideways"}, "bound_from must be one of"), ({"stage1_sigma": "0"}, "stage1_sigma must be > 0"),
                          ({"spatial_term": "manhattan"}, "spatial_term must be one of"),
                          ({"previous": "sideways"}, "previous must be one of"),
                          ({"work_voxels": "3"}, "work_voxels must be at least")):

@@ -104,6 +104,13 @@ DEFAULT_STAGE1_RESOLUTION = {2: "work", 3: "image"}  # 3D: chosen in session 12 
 GRAPH_CUT_DEFAULTS = {(3, "ifgc_repaired"): (20.0, 0.03)}
 
 
+def stage1_sigma(data: dict) -> float:
+    """The sigma of a request's stage-1 cut (and of its band at the image's resolution):
+    ``stage1_sigma`` when the task sets one (``--conf stage1_sigma``, used when the request
+    sends no sigma; the refinement's cuts keep the request's ``sigma``), else ``sigma``."""
+    return float(data.get("stage1_sigma", data["sigma"]))
+
+
 def graph_cut_defaults(dimension: int, refinement: str) -> tuple[float, float]:
     """``(lamda, sigma)`` a task of ``dimension`` with the ``refinement`` preset cuts with
     when the request does not say (:data:`GRAPH_CUT_DEFAULTS`)."""
@@ -256,6 +263,7 @@ class MIDeepSegInfer(BasicInferTask):
         budget_s: float = DEFAULT_BUDGET_S,
         stage1_resolution: str | None = None,
         ensemble_paths: Sequence[str] = (),
+        stage1_sigma: float | None = None,
         **kwargs,
     ) -> None:
         refinement = refinement or DEFAULT_REFINEMENT[dimension]
@@ -310,6 +318,9 @@ class MIDeepSegInfer(BasicInferTask):
         self._stage1_cache = LRUCache(16)
         self._learned = _LearnedProposal(self, refinement_path) if self.options.proposal == "learned" else None
         self.budget_s = float(budget_s)
+        self.stage1_sigma = None if stage1_sigma is None else float(stage1_sigma)
+        if self.stage1_sigma is not None and not 0 < self.stage1_sigma < np.inf:
+            raise ValueError(f"stage1_sigma must be > 0, got {self.stage1_sigma!r}")
         self.stage1_resolution = stage1_resolution or DEFAULT_STAGE1_RESOLUTION[dimension]
         if self.stage1_resolution not in STAGE1_RESOLUTIONS:
             raise ValueError(f"stage1_resolution must be one of {STAGE1_RESOLUTIONS}, got {self.stage1_resolution!r}")
@@ -354,6 +365,8 @@ class MIDeepSegInfer(BasicInferTask):
             request["margin_count"] = request.pop("margin_points")
         if "label" in request:  # the uploaded mask to start from (a file path); "label" is the reference elsewhere
             request["start_label"] = request.pop("label")
+        if "sigma" not in request and self.stage1_sigma is not None:  # a sigma sent applies to every cut
+            request["stage1_sigma"] = self.stage1_sigma
         with self._lock:
             try:
                 return super().__call__(request, callbacks)
@@ -591,7 +604,7 @@ class _ImageStage1:
 
     def __call__(self, data: dict, work_cut: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``work_cut``: computes the work-grid cut of stage 1 (called only when not cached)."""
-        key = (data["stage1_key"], data.get("lamda"), data.get("sigma"))
+        key = (data["stage1_key"], data.get("lamda"), stage1_sigma(data))
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -607,7 +620,7 @@ class _ImageStage1:
         prob = 0.5 * (resample(np.asarray(net_prob), size, "bilinear")[0] + soft)
         fine = band_graph_cut(
             image, prob, soft >= 0.5, band, margin,
-            float(data["lamda"]), float(data["sigma"]),
+            float(data["lamda"]), stage1_sigma(data),
             spacing_of(data, "image"),
         )
         work = resample(fine[None].astype(np.float32), data["work_image"].shape[1:], "bilinear")[0] >= 0.5
@@ -744,6 +757,7 @@ class _Refinement:
         """The cache key of one state's mask; ``weights``: the learned network's version."""
         i, j = state
         return (data["work_cache_key"], data["stage1_key"], weights, data.get("lamda"), data.get("sigma"),
+                data.get("stage1_sigma"),
                 data["fg_clicks_work"][:i].tobytes(), data["bg_clicks_work"][:j].tobytes())
 
     def _cut(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray | None,
@@ -903,7 +917,7 @@ class _Refinement:
         fine = self.image_stage1 is not None and self.image_stage1.applies(data)
 
         def stage1_cut() -> np.ndarray:  # the graph cut of the stage-1 probability on the work grid
-            return self._cut(data, data["fg_clicks_work"][:0], data["bg_clicks_work"][:0], None)
+            return self._cut({**data, "sigma": stage1_sigma(data)}, data["fg_clicks_work"][:0], data["bg_clicks_work"][:0], None)
 
         if fine:  # M(0, 0) is the image-resolution stage 1 on the work grid
             data["stage1_image_mask"], work = self.image_stage1(data, stage1_cut)
