@@ -187,6 +187,7 @@ def test_refinement_presets_and_options_are_checked():
                          ({"radius_limit": "-1"}, "radius_limit must be >= 0"),
                          ({"radius_floor": "-1"}, "radius_floor must be >= 0"), ({"reach_limit": "nan"}, "reach_limit must be >= 0"),
                          ({"bound_from": "sideways"}, "bound_from must be one of"), ({"stage1_sigma": "0"}, "stage1_sigma must be > 0"),
+                         ({"bound_from": "merged", "monotone": "false"}, "needs monotone edits"),
                          ({"spatial_term": "manhattan"}, "spatial_term must be one of"),
                          ({"previous": "sideways"}, "previous must be one of"),
                          ({"work_voxels": "3"}, "work_voxels must be at least")):

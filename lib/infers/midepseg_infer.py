@@ -303,6 +303,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement spatial_term must be one of {SPATIAL_TERMS}, got {self.options.spatial_term!r}")
         if self.options.bound_from not in BOUND_FROM:
             raise ValueError(f"refinement bound_from must be one of {BOUND_FROM}, got {self.options.bound_from!r}")
+        if self.options.bound_from == "merged" and not self.options.monotone:
+            raise ValueError("refinement bound_from 'merged' needs monotone edits (the merged parents are states of that grid)")
         if self.options.previous not in PREVIOUS:
             raise ValueError(f"refinement previous must be one of {PREVIOUS}, got {self.options.previous!r}")
         for name in ("radius_limit", "radius_floor", "reach_limit"):
