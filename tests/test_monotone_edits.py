@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 from lib.transforms.monotone_edits import (
-    PREVIOUS, boundary_depth, changes_near_clicks, claimed_changes, equivalent_radius, local_changes, monotone_masks,
-    previous_state, signed_depth,
+    PREVIOUS, boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, previous_state,
+    signed_depth,
 )
 
 
@@ -127,48 +127,6 @@ def test_merged_previous_lets_the_state_overrule_a_decision():
     assert merged[0, 6:8].all() and not merged[1:, 6:8].any() and merged[:, 0:2].all()
 
 
-def test_a_bound_against_the_merged_parents_keeps_what_the_new_click_does_not_reach():
-    # The diagonal proposal R(1, 1) gives back the strip background click 1 removed (columns
-    # 6-7). A bound that keeps an addition only near the foreground click (columns 0-3) and
-    # a removal only near the background click (columns 4-7), measured from the merged
-    # parents' mask, leaves that strip removed: giving it back is an addition the foreground
-    # click does not reach. Measured from the diagonal parent, there is no change to refuse.
-    base = _strip_base()
-    calls = []
-
-    def near_clicks(state, proposal, parent):
-        calls.append((state, parent.copy()))
-        out = parent.copy()
-        out[:, :4] |= proposal[:, :4]
-        out[:, 4:] &= proposal[:, 4:]
-        return out
-
-    bounded = monotone_masks(1, 1, base, _region_proposer(), bound=near_clicks)
-    expected = base.copy()
-    expected[:, 0:2] = True
-    expected[:, 6:8] = False
-    np.testing.assert_array_equal(bounded[(1, 1)], expected)
-    unbounded = monotone_masks(1, 1, base, _region_proposer())
-    assert unbounded[(1, 1)][:, 6:8].all()
-    parents = dict(calls)
-    np.testing.assert_array_equal(parents[(1, 1)], expected)  # the merged parents: both decisions
-    np.testing.assert_array_equal(parents[(1, 0)], base)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_a_bound_keeps_the_edits_monotone(seed):
-    def scramble(state, proposal, parent):  # any bound: the combination keeps the guarantees
-        return np.random.RandomState(hash((seed,) + state) % 2**31).rand(*proposal.shape) > 0.5
-
-    base = np.random.RandomState(seed).rand(12, 12) > 0.5
-    masks = monotone_masks(3, 3, base, _random_proposer(seed), bound=scramble)
-    for (i, j), mask in masks.items():
-        if i:
-            assert np.all(mask >= masks[(i - 1, j)])
-        if j:
-            assert np.all(mask <= masks[(i, j - 1)])
-
-
 def test_unknown_previous_is_refused():
     with pytest.raises(ValueError, match="previous"):
         monotone_masks(1, 1, np.ones((3, 3), bool), _region_proposer(), previous="sideways")
@@ -262,35 +220,6 @@ def test_changes_near_clicks_keep_a_click_to_its_own_reach():
     assert out[28:33, 60:75].all() and not out[0:5, 40:45].any()
     with pytest.raises(ValueError, match="radius must be > 0"):
         changes_near_clicks(proposal, previous, click, click, radius=0)
-
-
-def test_a_reach_floor_lets_a_shallow_click_reach_that_far():
-    """A background click 1 voxel deep in a thin false-positive rim reaches 1 voxel with
-    radius 1; with a floor of 4 voxels the rim's removal within 4 voxels of it stands too,
-    and nothing beyond."""
-    previous = np.zeros((20, 30), dtype=bool)
-    previous[5:15, 5:25] = True
-    previous[4, 5:25] = True  # the rim
-    proposal = previous.copy()
-    proposal[4, :] = False
-    click = np.array([[4, 15]])
-    assert boundary_depth(previous, click)[0] == 1
-    tight = changes_near_clicks(proposal, previous, np.zeros((0, 2)), click, radius=1.0)
-    np.testing.assert_array_equal(np.flatnonzero(previous[4] & ~tight[4]), [14, 15, 16])  # the click and its neighbours
-    floored = changes_near_clicks(proposal, previous, np.zeros((0, 2)), click, radius=1.0, min_reach=4.0)
-    np.testing.assert_array_equal(np.flatnonzero(previous[4] & ~floored[4]), np.arange(11, 20))
-
-
-@pytest.mark.parametrize("spacing", [None, (0.5, 2.0)])
-def test_equivalent_radius_is_that_of_the_disc_or_ball_of_the_same_size(spacing):
-    rows, cols = np.mgrid[:101, :101]
-    disc = (rows - 50) ** 2 + (cols - 50) ** 2 <= 30**2
-    sp = np.ones(2) if spacing is None else np.asarray(spacing)
-    assert equivalent_radius(disc, spacing) == pytest.approx(30 * np.sqrt(sp.prod()), rel=0.01)
-    z, y, x = np.mgrid[:41, :41, :41]
-    ball = (z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 <= 15**2
-    assert equivalent_radius(ball) == pytest.approx(15, rel=0.01)
-    assert equivalent_radius(np.zeros((4, 4), bool)) == 0
 
 
 def test_signed_depth_is_the_boundary_depth_with_the_side_as_sign():

@@ -12,7 +12,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from lib.benchmark.methods import MIDeepSegMethod, force_clicks
 from lib.benchmark.protocol import run_protocol
@@ -90,32 +89,6 @@ def test_undo_and_a_cold_server_give_exactly_the_same_masks(session):
         cold.close()
 
 
-def test_bounds_from_the_merged_parents_keep_the_guarantees():
-    """``--conf bound_from merged`` (the limits measured from the merged parents' mask when the
-    states are combined) on the 2D sample slice, with clicks of both kinds interleaved: every
-    foreground click only adds, every background click only removes, clicked pixels keep their
-    label, and undo and a cold task give back exactly the earlier masks."""
-    image, ref, spacing = _case(CASES[2], 2)
-    warm, cold = (MIDeepSegMethod(2, conf={"bound_from": "merged"}) for _ in range(2))
-    inside, outside = np.argwhere(ndimage.binary_erosion(ref, iterations=2)), np.argwhere(ndimage.binary_dilation(ref, iterations=3) & ~ref)
-    rng = np.random.RandomState(0)
-    clicks = [{"point": [int(v) for v in (inside if k % 2 == 0 else outside)[rng.randint(len(inside if k % 2 == 0 else outside))]],
-               "foreground": k % 2 == 0} for k in range(6)]
-    margin = run_protocol(warm, image, ref, spacing, 0).margin_points
-    try:
-        masks = [_request(warm, image, spacing, margin, clicks[:k]) > 0 for k in range(len(clicks) + 1)]
-        for k, click in enumerate(clicks, start=1):
-            before, after = masks[k - 1], masks[k]
-            assert not ((before & ~after) if click["foreground"] else (after & ~before)).any(), f"click {k} not monotone"
-            assert all(after[tuple(c["point"])] == c["foreground"] for c in clicks[:k])
-        for k in (len(clicks), len(clicks) - 1):
-            np.testing.assert_array_equal(_request(cold, image, spacing, margin, clicks[:k]) > 0, masks[k])
-        np.testing.assert_array_equal(_request(warm, image, spacing, margin, clicks[:-1]) > 0, masks[-2])
-    finally:
-        warm.close()
-        cold.close()
-
-
 def test_a_stage1_sigma_applies_to_the_stage1_cut_only():
     """``--conf stage1_sigma 0.2``: the stage-1 mask is the one a request with ``sigma 0.2``
     gets (and differs from the default's on the 2D sample slice: 7 pixels measured), while the
@@ -176,18 +149,15 @@ def test_refinement_presets_and_options_are_checked():
     config = MIDeepSeg2DConfig()
     config.init("midepseg_2d", str(APP / "model"), {}, None)
     task2d = config.infer()
-    assert task2d.options.reach_limit == 1.0 and task2d.options.bound_from == "previous", "the 2D default's depth limit"
+    assert task2d.options.reach_limit == 1.0, "the 2D default's depth limit"
     config = MIDeepSeg2DConfig()
-    config.init("midepseg_2d", str(APP / "model"), {"bound_from": "merged", "radius_limit": "1", "radius_floor": "0.5"}, None)
-    options = config.infer().options
-    assert (options.bound_from, options.radius_limit, options.radius_floor, options.reach_limit) == ("merged", 1.0, 0.5, 1.0)
+    config.init("midepseg_2d", str(APP / "model"), {"reach_limit": "0"}, None)
+    assert config.infer().options.reach_limit == 0.0
     for bad, message in (({"refinement": "magic"}, "refinement must be one of"), ({"proposal": "magic"}, "proposal must be one of"),
                          ({"learned_cut": "magic"}, "learned_cut must be one of"), ({"temperature": "0"}, "temperature must be > 0"),
                          ({"geodesic_weight": "-1"}, "geodesic_weight must be >= 0"),
                          ({"radius_limit": "-1"}, "radius_limit must be >= 0"),
-                         ({"radius_floor": "-1"}, "radius_floor must be >= 0"), ({"reach_limit": "nan"}, "reach_limit must be >= 0"),
-                         ({"bound_from": "sideways"}, "bound_from must be one of"), ({"stage1_sigma": "0"}, "stage1_sigma must be > 0"),
-                         ({"bound_from": "merged", "monotone": "false"}, "needs monotone edits"),
+                         ({"reach_limit": "nan"}, "reach_limit must be >= 0"), ({"stage1_sigma": "0"}, "stage1_sigma must be > 0"),
                          ({"spatial_term": "manhattan"}, "spatial_term must be one of"),
                          ({"previous": "sideways"}, "previous must be one of"),
                          ({"work_voxels": "3"}, "work_voxels must be at least")):

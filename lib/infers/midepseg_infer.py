@@ -63,8 +63,7 @@ from lib.transforms.cues import check_encoding, cue_map
 from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, spatial_distance, temper_probability
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
 from lib.transforms.monotone_edits import (
-    PREVIOUS, boundary_depth, changes_near_clicks, claimed_changes, equivalent_radius, local_changes, monotone_masks,
-    signed_depth,
+    PREVIOUS, boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, signed_depth,
 )
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
@@ -166,14 +165,6 @@ class RefinementOptions:
         radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
             click's depth (in the previous mask) of a click of their kind
             (:func:`changes_near_clicks`; after ``claims``).
-        radius_floor: with ``radius_limit``, every click reaches at least this fraction of the
-            previous mask's :func:`equivalent_radius` (a shallow click on a large object may
-            still answer a long strip).
-        bound_from: what ``claims``, ``radius_limit`` and ``reach_limit`` measure a state's
-            changes from (:data:`BOUND_FROM`): ``"previous"`` (the mask its proposal refined)
-            or ``"merged"`` (the merged parents' mask, whatever the proposal refined: with
-            ``previous diagonal``, a click then cannot take back what the last click of the
-            other kind decided beyond its own reach).
         previous: the mask each state's proposal refines (:func:`monotone_masks`,
             :data:`PREVIOUS`): ``"diagonal"`` (the state without its last click of either
             kind) or ``"merged"`` (the last clicks' decisions both standing).
@@ -193,8 +184,6 @@ class RefinementOptions:
     claims: str = "none"
     geodesic_weight: float = 1.0
     radius_limit: float = 0.0
-    radius_floor: float = 0.0
-    bound_from: str = "previous"
     spatial_term: str = "euclidean"
     previous: str = "diagonal"
 
@@ -219,9 +208,6 @@ REFINEMENTS = {
 # IF-GC in 3D (the 3D learned refinement, selectable, lowers the held-out tumour); README,
 # "Corrective clicks".
 DEFAULT_REFINEMENT = {2: "learned_ifgc", 3: "ifgc_repaired"}
-# What a state's bounds (claims, radius and depth limits) measure its changes from
-# (RefinementOptions.bound_from).
-BOUND_FROM = ("previous", "merged")
 
 
 def warm_up_label_writer() -> None:
@@ -301,13 +287,9 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement claims must be one of {CLAIMS}, got {self.options.claims!r}")
         if self.options.spatial_term not in SPATIAL_TERMS:
             raise ValueError(f"refinement spatial_term must be one of {SPATIAL_TERMS}, got {self.options.spatial_term!r}")
-        if self.options.bound_from not in BOUND_FROM:
-            raise ValueError(f"refinement bound_from must be one of {BOUND_FROM}, got {self.options.bound_from!r}")
-        if self.options.bound_from == "merged" and not self.options.monotone:
-            raise ValueError("refinement bound_from 'merged' needs monotone edits (the merged parents are states of that grid)")
         if self.options.previous not in PREVIOUS:
             raise ValueError(f"refinement previous must be one of {PREVIOUS}, got {self.options.previous!r}")
-        for name in ("radius_limit", "radius_floor", "reach_limit"):
+        for name in ("radius_limit", "reach_limit"):
             if not getattr(self.options, name) >= 0:
                 raise ValueError(f"refinement {name} must be >= 0, got {getattr(self.options, name)!r}")
         if not self.options.geodesic_weight >= 0:
@@ -820,9 +802,8 @@ class _Refinement:
         return tuple(np.minimum.reduce(m) if m else None for m in (fg_maps, bg_maps))
 
     def propose(self, data: dict, states, previous) -> list[np.ndarray]:
-        """The proposals ``R`` of ``states``, each refining its ``previous`` mask; bounded
-        against it (:meth:`bound`) unless the bounds are taken against the merged parents
-        (``bound_from``)."""
+        """The proposals ``R`` of ``states``, each refining its ``previous`` mask and bounded
+        against it (:meth:`bound`)."""
         if data.get("deadline") is not None:
             data["deadline"].check(f"{len(states)} refinement state(s)")
         clicks = [self._clicks(data, state) for state in states]
@@ -833,8 +814,6 @@ class _Refinement:
             masks = [self._nearest_seed(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
         else:
             masks = [self._cut(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
-        if self.options.bound_from == "merged":
-            return masks
         return [self.bound(data, state, mask, prev) for state, mask, prev in zip(states, masks, previous)]
 
     @staticmethod
@@ -849,8 +828,7 @@ class _Refinement:
         if self.options.claims != "none":
             mask = self._claimed(data, mask, parent, fg, bg)
         if self.options.radius_limit > 0:
-            floor = self.options.radius_floor * equivalent_radius(parent, data["work_spacing"])
-            mask = changes_near_clicks(mask, parent, fg, bg, self.options.radius_limit, data["work_spacing"], floor)
+            mask = changes_near_clicks(mask, parent, fg, bg, self.options.radius_limit, data["work_spacing"])
         if self.options.reach_limit > 0:
             return local_changes(mask, parent, fg, bg, self.options.reach_limit, data["work_spacing"])
         if self.options.local:
@@ -930,9 +908,8 @@ class _Refinement:
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
             return data
-        bound = (lambda state, mask, parent: self.bound(data, state, mask, parent)) if self.options.bound_from == "merged" else None
         masks = monotone_masks(n, m, known[(0, 0)], lambda states, prev: self.propose(data, states, prev), known,
-                               self.options.previous, bound)
+                               self.options.previous)
         for state, mask in masks.items():
             if state not in known:
                 self._masks.put(self._state_key(data, state, weights), mask)

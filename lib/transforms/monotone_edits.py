@@ -37,7 +37,7 @@ import functools
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage, special
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 State = tuple[int, int]
@@ -72,7 +72,6 @@ def monotone_masks(
     propose: Callable[[Sequence[State], Sequence[np.ndarray]], Sequence[np.ndarray]],
     known: Mapping[State, np.ndarray] | None = None,
     previous: str = "diagonal",
-    bound: Callable[[State, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[State, np.ndarray]:
     """All masks ``M(i, j)``, ``i <= n_foreground``, ``j <= n_background`` (see the module doc).
 
@@ -83,10 +82,6 @@ def monotone_masks(
             ``R`` for those states, each given the mask it refines; called in batches.
         known: masks of states computed before (a cache); they are trusted, not recomputed.
         previous: what each proposal refines, one of :data:`PREVIOUS` (module doc).
-        bound: ``(state, proposal, merged parents' mask) -> proposal``, applied to each
-            proposal before it is combined: ``"merged"``'s mask of :data:`PREVIOUS`, known by
-            then whatever the proposal refined, so that a bound keeps both last clicks'
-            decisions wherever the new click does not reach.
 
     Returns:
         ``{state: bool mask}`` for every state of the grid (``known`` included).
@@ -110,7 +105,7 @@ def monotone_masks(
             i, j = s
             if (i and (i - 1, j) not in masks) or (j and (i, j - 1) not in masks):
                 continue
-            mask = proposals[s].copy() if bound is None else np.asarray(bound(s, proposals[s], _previous_mask(s, masks, "merged")), dtype=bool)
+            mask = proposals[s].copy()
             if i:
                 mask |= masks[(i - 1, j)]
             if j:
@@ -255,7 +250,6 @@ def changes_near_clicks(
     background: np.ndarray,
     radius: float,
     spacing: Sequence[float] | None = None,
-    min_reach: float = 0.0,
 ) -> np.ndarray:
     """``proposal`` reduced to the changes within reach of a click of their kind: relative to
     ``previous``, a voxel may turn foreground only within ``radius`` times a foreground
@@ -273,7 +267,6 @@ def changes_near_clicks(
         foreground, background: ``(N, ndim)`` click voxel indices.
         radius: how many times its own depth a click may reach (> 0).
         spacing: voxel size (ones when omitted).
-        min_reach: every click reaches at least this far (physical units).
 
     Returns:
         bool mask.
@@ -290,7 +283,7 @@ def changes_near_clicks(
         if not len(pts) or not change.any():
             continue
         near = np.zeros(new.shape, dtype=bool)
-        for point, reach in zip(pts, np.maximum(radius * boundary_depth(old, pts, sp), min_reach)):
+        for point, reach in zip(pts, radius * boundary_depth(old, pts, sp)):
             lo = np.maximum(point - np.floor(reach / sp).astype(np.int64), 0)
             hi = np.minimum(point + np.floor(reach / sp).astype(np.int64) + 1, new.shape)
             box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
@@ -313,12 +306,3 @@ def signed_depth(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np
     sp = np.ones(m.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     return np.where(m, ndimage.distance_transform_edt(m, sampling=sp), -ndimage.distance_transform_edt(~m, sampling=sp))
 
-
-def equivalent_radius(mask: np.ndarray, spacing: Sequence[float] | None = None) -> float:
-    """The radius (physical units) of the disc (2D) or ball (3D) with the area or volume of
-    ``mask``'s foreground: the object's size, whatever its shape."""
-    m = np.asarray(mask) > 0
-    sp = np.ones(m.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
-    size = float(m.sum()) * float(np.prod(sp))
-    unit_ball = np.pi ** (m.ndim / 2) / special.gamma(m.ndim / 2 + 1)
-    return float((size / unit_ball) ** (1.0 / m.ndim))
