@@ -92,21 +92,21 @@ def test_undo_and_a_cold_server_give_exactly_the_same_masks(session):
 def test_a_stage1_sigma_applies_to_the_stage1_cut_only():
     """``--conf stage1_sigma 0.2``: the stage-1 mask is the one a request with ``sigma 0.2``
     gets (and differs from the default's on the 2D sample slice: 7 pixels measured), while the
-    refinement's cuts keep the task's sigma; a request that sends a sigma gets it for every cut."""
+    refinement's cuts keep the task's sigma: after the default's 3 robot clicks its mask differs
+    from the ``sigma 0.2`` request's (3 pixels measured), which a stage-1 sigma leaking into the
+    refinement would make equal."""
     image, ref, spacing = _case(CASES[2], 2)
     staged, everywhere, default = (MIDeepSegMethod(2, conf={"stage1_sigma": "0.2"}), MIDeepSegMethod(2, options={"sigma": 0.2}),
                                    MIDeepSegMethod(2))
     try:
-        margin = run_protocol(default, image, ref, spacing, 0).margin_points
-        none = np.zeros((0, 2), dtype=np.int64)
-        first = [m.segment(image, spacing, margin, none, none) for m in (staged, everywhere, default)]
-        np.testing.assert_array_equal(first[0], first[1])
-        assert (first[0] != first[2]).any(), "sigma 0.2 changes nothing here: the case does not test the option"
-        click = np.argwhere(ref != first[0])[:1]
-        data = staged.request_data(image, spacing, margin, none, click)
-        assert data["sigma"] == 0.1 and data["stage1_sigma"] == 0.2
-        data = everywhere.request_data(image, spacing, margin, none, click)
-        assert data["sigma"] == 0.2 and "stage1_sigma" not in data
+        result = run_protocol(default, image, ref, spacing, 3)
+        for clicks in ([], result.clicks):
+            masks = [_request(m, image, spacing, result.margin_points, clicks) for m in (staged, everywhere, default)]
+            if not clicks:
+                np.testing.assert_array_equal(masks[0], masks[1])
+                assert (masks[0] != masks[2]).any(), "sigma 0.2 changes nothing here: the case does not test the option"
+            else:
+                assert (masks[0] != masks[1]).any(), "the refinement cut with the stage-1 sigma"
     finally:
         for m in (staged, everywhere, default):
             m.close()

@@ -803,10 +803,11 @@ class _Refinement:
 
     def propose(self, data: dict, states, previous) -> list[np.ndarray]:
         """The proposals ``R`` of ``states``, each refining its ``previous`` mask and bounded
-        against it (:meth:`bound`)."""
+        against it (:meth:`_bound`)."""
         if data.get("deadline") is not None:
             data["deadline"].check(f"{len(states)} refinement state(s)")
-        clicks = [self._clicks(data, state) for state in states]
+        fg_all, bg_all = data["fg_clicks_work"], data["bg_clicks_work"]
+        clicks = [(fg_all[:i], bg_all[:j]) for i, j in states]
         if self.options.proposal == "learned" and "stage1_input" in data:  # not for an uploaded label
             probabilities = self.learned(data, clicks, previous)
             masks = [self._learned_mask(data, fg, bg, prev, p) for (fg, bg), prev, p in zip(clicks, previous, probabilities)]
@@ -814,17 +815,12 @@ class _Refinement:
             masks = [self._nearest_seed(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
         else:
             masks = [self._cut(data, fg, bg, prev) for (fg, bg), prev in zip(clicks, previous)]
-        return [self.bound(data, state, mask, prev) for state, mask, prev in zip(states, masks, previous)]
+        return [self._bound(data, mask, prev, fg, bg) for mask, prev, (fg, bg) in zip(masks, previous, clicks)]
 
-    @staticmethod
-    def _clicks(data: dict, state: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        i, j = state
-        return data["fg_clicks_work"][:i], data["bg_clicks_work"][:j]
-
-    def bound(self, data: dict, state: tuple[int, int], mask: np.ndarray, parent: np.ndarray) -> np.ndarray:
-        """One state's proposal with only the changes from ``parent`` that its clicks reach:
-        the seeds' claims, the radius limit and the depth limit of the options."""
-        fg, bg = self._clicks(data, state)
+    def _bound(self, data: dict, mask: np.ndarray, parent: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+        """One state's proposal (clicks ``fg``, ``bg``) with only the changes from ``parent``
+        that its clicks reach: the seeds' claims, the radius limit and the depth limit of the
+        options."""
         if self.options.claims != "none":
             mask = self._claimed(data, mask, parent, fg, bg)
         if self.options.radius_limit > 0:
