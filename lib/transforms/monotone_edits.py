@@ -227,18 +227,20 @@ def local_changes(
         depths = np.split(boundary_depth(old, np.concatenate(queries), spacing), np.cumsum([len(q) for q in queries])[:-1])
     neighbours = np.argwhere(structure) - 1
     for k, (change, pts, value) in enumerate(kinds):
-        limits = np.full(len(pts), np.inf)
-        depth = None
+        depth = np.where(change, 0.0, np.inf)
+        limits = np.zeros(len(pts))
         if np.isfinite(reach):
-            limits = reach * depths[2 * k]
-            depth = np.full(new.shape, np.inf)
             depth[change] = depths[2 * k + 1]  # argwhere and boolean indexing share the C order
-        for limit in sorted(set(limits.tolist())):
-            band = change if depth is None else change & (depth <= limit)
-            labels, _ = ndimage.label(band, structure)
-            around = (pts[limits == limit][:, None, :] + neighbours[None]).reshape(-1, new.ndim)
-            around = around[np.all((around >= 0) & (around < new.shape), axis=1)]
-            touched = np.unique(labels[tuple(around.T)])
+            # A limit beyond the deepest change selects every change: one labelling serves them all.
+            limits = np.minimum(reach * depths[2 * k], depths[2 * k + 1].max())
+        around = pts[:, None, :] + neighbours[None]  # (clicks, neighbours, ndim)
+        inside = np.all((around >= 0) & (around < new.shape), axis=-1)
+        nearest = np.where(inside, depth[tuple(np.clip(around, 0, np.asarray(new.shape) - 1).transpose(2, 0, 1))], np.inf)
+        reaching = nearest.min(axis=1) <= limits  # clicks that touch a change they may keep
+        for limit in sorted(set(limits[reaching].tolist())):
+            labels, _ = ndimage.label(depth <= limit, structure)
+            chosen = around[reaching & (limits == limit)][inside[reaching & (limits == limit)]]
+            touched = np.unique(labels[tuple(chosen.T)])
             out[np.isin(labels, touched[touched > 0])] = value
     return out
 
