@@ -307,7 +307,7 @@ def test_the_depth_limit_keeps_clicks_to_their_error_region(shared_data):
     it; 4 clicks, up to 0.040, without: a foreground click that gives back what the last
     background click removed, answers 20-40 pixels wide to errors of a few.)"""
     dice_after = _dice_per_setting(2, "brain structures 2D", "right lateral ventricle", "reach_limit", ("1", "0"), 20)
-    assert np.diff(dice_after["1"]).min() >= -0.015, dice_after["1"]  # 0.008 measured: room for float32-only CPUs
+    assert np.diff(dice_after["1"]).min() >= -0.015, dice_after["1"]  # 0.007 measured: room for float32-only CPUs
     assert np.diff(dice_after["0"]).min() < -0.03, dice_after["0"]
     assert dice_after["1"][-1] >= 0.91, dice_after["1"]
 

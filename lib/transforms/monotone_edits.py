@@ -239,8 +239,8 @@ def local_changes(
         reaching = nearest.min(axis=1) <= limits  # clicks that touch a change they may keep
         for limit in sorted(set(limits[reaching].tolist())):
             labels, _ = ndimage.label(depth <= limit, structure)
-            chosen = around[reaching & (limits == limit)][inside[reaching & (limits == limit)]]
-            touched = np.unique(labels[tuple(chosen.T)])
+            selected = reaching & (limits == limit)
+            touched = np.unique(labels[tuple(around[selected][inside[selected]].T)])
             out[np.isin(labels, touched[touched > 0])] = value
     return out
 
