@@ -127,6 +127,61 @@ def test_merged_previous_lets_the_state_overrule_a_decision():
     assert merged[0, 6:8].all() and not merged[1:, 6:8].any() and merged[:, 0:2].all()
 
 
+def _random_contest(seed: int):
+    """A contest that ignores everything sensible: random masks, fixed per state, often
+    outside the bounds it is given (``monotone_masks`` must clip them)."""
+
+    def contest(state, lower, diagonal, upper):
+        return np.random.RandomState(hash((seed, "contest") + state) % 2**31).rand(*lower.shape) > 0.5
+
+    return contest
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_contest_decides_the_states_with_both_kinds_of_click(seed):
+    base = np.random.RandomState(seed).rand(12, 12) > 0.5
+    proposed, contested = [], {}
+    propose = _random_proposer(seed)
+
+    def counting(states, previous):
+        proposed.extend(states)
+        return propose(states, previous)
+
+    def contest(state, lower, diagonal, upper):
+        contested[state] = (lower.copy(), diagonal.copy(), upper.copy())
+        return _random_contest(seed)(state, lower, diagonal, upper)
+
+    masks = monotone_masks(4, 3, base, counting, contest=contest)
+    assert sorted(proposed) == sorted([(i, 0) for i in range(1, 5)] + [(0, j) for j in range(1, 4)])
+    assert sorted(contested) == [(i, j) for i in range(1, 5) for j in range(1, 4)]
+    for (i, j), (lower, diagonal, upper) in contested.items():  # each contest saw its own bounds
+        np.testing.assert_array_equal(lower, masks[(i - 1, j)])
+        np.testing.assert_array_equal(diagonal, masks[(i - 1, j - 1)])
+        np.testing.assert_array_equal(upper, masks[(i, j - 1)])
+    for (i, j), mask in masks.items():  # clipped: monotone along every path
+        if i:
+            assert np.all(mask >= masks[(i - 1, j)]), f"foreground click {i} removed voxels at {(i, j)}"
+        if j:
+            assert np.all(mask <= masks[(i, j - 1)]), f"background click {j} added voxels at {(i, j)}"
+
+
+def test_with_a_contest_a_new_click_costs_one_proposal():
+    base = np.random.RandomState(4).rand(12, 12) > 0.5
+    propose, contest = _random_proposer(2), _random_contest(2)
+    cold = monotone_masks(3, 3, base, propose, contest=contest)
+    calls = []
+
+    def counting(states, previous):
+        calls.extend(states)
+        return propose(states, previous)
+
+    partial = {s: m for s, m in cold.items() if s[0] < 3}  # a new 3rd foreground click
+    warm = monotone_masks(3, 3, base, counting, partial, contest=contest)
+    assert calls == [(3, 0)]
+    for state in cold:
+        np.testing.assert_array_equal(warm[state], cold[state])
+
+
 def test_unknown_previous_is_refused():
     with pytest.raises(ValueError, match="previous"):
         monotone_masks(1, 1, np.ones((3, 3), bool), _region_proposer(), previous="sideways")

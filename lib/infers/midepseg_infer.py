@@ -168,6 +168,13 @@ class RefinementOptions:
         previous: the mask each state's proposal refines (:func:`monotone_masks`,
             :data:`PREVIOUS`): ``"diagonal"`` (the state without its last click of either
             kind) or ``"merged"`` (the last clicks' decisions both standing).
+        contest: what decides a state with clicks of both kinds (:data:`CONTESTS`; with
+            ``monotone``), which only chooses the voxels its last foreground click added and its
+            last background click removed, each without the other (``contest`` of
+            :func:`monotone_masks`): ``"proposal"`` (the state's proposal, one per state:
+            a new click costs one proposal per click of the other kind, plus one) or
+            ``"nearest"`` (each voxel goes to the nearer of the two clicks by
+            :func:`click_distance`: a new click costs one proposal).
     """
 
     proposal: str = "ifgc"
@@ -186,8 +193,10 @@ class RefinementOptions:
     radius_limit: float = 0.0
     spatial_term: str = "euclidean"
     previous: str = "diagonal"
+    contest: str = "proposal"
 
 
+CONTESTS = ("proposal", "nearest")
 REFINEMENTS = {
     "ifgc": RefinementOptions(),
     "gc": RefinementOptions(proposal="gc"),
@@ -289,6 +298,8 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement spatial_term must be one of {SPATIAL_TERMS}, got {self.options.spatial_term!r}")
         if self.options.previous not in PREVIOUS:
             raise ValueError(f"refinement previous must be one of {PREVIOUS}, got {self.options.previous!r}")
+        if self.options.contest not in CONTESTS:
+            raise ValueError(f"refinement contest must be one of {CONTESTS}, got {self.options.contest!r}")
         for name in ("radius_limit", "reach_limit"):
             if not getattr(self.options, name) >= 0:
                 raise ValueError(f"refinement {name} must be >= 0, got {getattr(self.options, name)!r}")
@@ -873,6 +884,21 @@ class _Refinement:
         claimed[tuple(bg.T)] = False
         return claimed
 
+    def _nearest_click(self, data: dict, state: tuple[int, int], lower: np.ndarray, diagonal: np.ndarray,
+                       upper: np.ndarray) -> np.ndarray:
+        """State ``(i, j)`` between its bounds (``contest "nearest"``): the voxels foreground
+        click ``i`` and background click ``j`` contest (``upper - lower``) go to the nearer of
+        the two by :func:`click_distance`, as a change of ``diagonal`` (the state without
+        either) bounded like a proposal's (:meth:`_bound`)."""
+        contested = upper & ~lower
+        if not contested.any():
+            return lower
+        i, j = state
+        fg, bg = data["fg_clicks_work"][:i], data["bg_clicks_work"][:j]
+        nearer_fg = self.distances.distance(data, fg[-1][None]) < self.distances.distance(data, bg[-1][None])
+        mask = np.where(contested, nearer_fg, diagonal)
+        return self._bound(data, mask, diagonal, fg, bg)
+
     def _learned_mask(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray, probability: np.ndarray) -> np.ndarray:
         """One state's mask from the learned proposal's probability (``learned_cut``)."""
         if self.options.learned_cut != "none":
@@ -904,8 +930,10 @@ class _Refinement:
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
             return data
+        contest = (lambda state, lower, diagonal, upper: self._nearest_click(data, state, lower, diagonal, upper)) \
+            if self.options.contest == "nearest" else None
         masks = monotone_masks(n, m, known[(0, 0)], lambda states, prev: self.propose(data, states, prev), known,
-                               self.options.previous)
+                               self.options.previous, contest)
         for state, mask in masks.items():
             if state not in known:
                 self._masks.put(self._state_key(data, state, weights), mask)

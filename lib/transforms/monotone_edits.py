@@ -72,6 +72,7 @@ def monotone_masks(
     propose: Callable[[Sequence[State], Sequence[np.ndarray]], Sequence[np.ndarray]],
     known: Mapping[State, np.ndarray] | None = None,
     previous: str = "diagonal",
+    contest: Callable[[State, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[State, np.ndarray]:
     """All masks ``M(i, j)``, ``i <= n_foreground``, ``j <= n_background`` (see the module doc).
 
@@ -82,6 +83,14 @@ def monotone_masks(
             ``R`` for those states, each given the mask it refines; called in batches.
         known: masks of states computed before (a cache); they are trusted, not recomputed.
         previous: what each proposal refines, one of :data:`PREVIOUS` (module doc).
+        contest: ``(state, lower, diagonal, upper) -> mask``: decides a state with clicks of
+            both kinds without a proposal. ``M(i, j)`` lies between ``lower = M(i-1, j)`` and
+            ``upper = M(i, j-1)`` whatever ``R(i, j)`` is, and ``upper - lower`` is what
+            foreground click ``i`` added (``upper - diagonal``, ``diagonal = M(i-1, j-1)``) and
+            background click ``j`` removed (``diagonal - lower``), each without knowing the
+            other: ``R(i, j)`` decides only those voxels, and so may ``contest``, clipped to the
+            two bounds. ``propose`` is then called for the edge states (``i == 0`` or ``j == 0``)
+            only.
 
     Returns:
         ``{state: bool mask}`` for every state of the grid (``known`` included).
@@ -94,7 +103,18 @@ def monotone_masks(
     todo = [(i, j) for i in range(n_foreground + 1) for j in range(n_background + 1) if (i, j) not in masks]
     proposals: dict[State, np.ndarray] = {}
     while todo:
-        refined = {s: _previous_mask(s, masks, previous) for s in todo if s not in proposals}
+        if contest is not None:  # the interior states whose bounds are known
+            for s in todo:
+                i, j = s
+                if i and j and (i - 1, j) in masks and (i, j - 1) in masks:
+                    lower, upper = masks[(i - 1, j)], masks[(i, j - 1)]
+                    decided = np.asarray(contest(s, lower, masks[(i - 1, j - 1)], upper), dtype=bool)
+                    masks[s] = lower | (decided & upper)
+            todo = [s for s in todo if s not in masks]
+            if not todo:
+                break
+        refined = {s: _previous_mask(s, masks, previous) for s in todo
+                   if s not in proposals and (contest is None or not (s[0] and s[1]))}
         ready = [s for s, mask in refined.items() if mask is not None]
         if ready:
             for s, r in zip(ready, propose(ready, [refined[s] for s in ready])):
