@@ -285,10 +285,11 @@ def test_claims_keep_a_foreground_click_from_leaking_across_a_background_click(s
     foreground seed than to every background one) on the unseen CT stomach slice of the dev
     set (``scripts/benchmark_clicks.py --preset shared``), 3 robot clicks, without the depth
     limit of session 18 (``reach_limit 0``, the 2D default when the claims were chosen), which
-    bounds the same leak. Measured with the shipped weights (session 19's refinement): the first
-    click, a background click, takes a leak away; without claims (``claims none``) the second,
-    a foreground click, adds back a leak across it and Dice falls 0.894 -> 0.822; with claims it
-    rises 0.899 -> 0.923 and no click lowers it. Were the claims a no-op, both runs would fall
+    bounds the same leak. Measured with the shipped weights (session 19's refinement) and the
+    contest of session 20: the first click, a background click, takes a leak away; without
+    claims (``claims none``) the second, a foreground click, adds back a leak across it and Dice
+    falls 0.894 -> 0.815 (0.822 with session 19's ``contest proposal``); with claims it rises
+    0.899 -> 0.920 (0.923) and no click lowers it. Were the claims a no-op, both runs would fall
     alike. (Session 18's weights showed it on the spleen's 10th click, a background click cutting
     into the spleen; with session 19's weights that click no longer does, claims or not.)"""
     dice_after = _dice_per_setting(2, "CT organs 2D", "stomach", "claims", ("all", "none"), 3, conf={"reach_limit": "0"})
@@ -301,15 +302,16 @@ def test_the_depth_limit_keeps_clicks_to_their_error_region(shared_data):
     """The 2D default's depth limit (``--conf reach_limit 1``: a click's changes connected to
     it and no deeper in the previous mask than the click itself) on the unseen right lateral
     ventricle of the 2D dev set, 20 robot clicks. Measured with the shipped weights (session 19's
-    refinement): with it no click lowers Dice by more than 0.007 and the session ends at 0.930;
-    without it (``0``, the default before session 18) 2 clicks lower it by more than 0.01, by up
-    to 0.041, and it ends at 0.925. (With session 18's refinement weights: 0.008 and 0.919 with
+    refinement) and the contest of session 20: with it no click lowers Dice by more than 0.011
+    and the session ends at 0.912; without it (``0``, the default before session 18) a click
+    lowers it by 0.046 and it ends at 0.910. (With session 19's ``contest proposal``: 0.007 and
+    0.930 with it; 2 clicks by more than 0.01, up to 0.041, and 0.925 without.) (With session 18's refinement weights: 0.008 and 0.919 with
     it; 4 clicks, up to 0.040, without: a foreground click that gives back what the last
     background click removed, answers 20-40 pixels wide to errors of a few.)"""
     dice_after = _dice_per_setting(2, "brain structures 2D", "right lateral ventricle", "reach_limit", ("1", "0"), 20)
-    assert np.diff(dice_after["1"]).min() >= -0.015, dice_after["1"]  # 0.007 measured: room for float32-only CPUs
+    assert np.diff(dice_after["1"]).min() >= -0.015, dice_after["1"]  # 0.011 measured: room for float32-only CPUs
     assert np.diff(dice_after["0"]).min() < -0.03, dice_after["0"]
-    assert dice_after["1"][-1] >= 0.91, dice_after["1"]
+    assert dice_after["1"][-1] >= 0.90, dice_after["1"]
 
 
 def test_merged_parents_keep_a_foreground_click_from_undoing_a_background_click(shared_data):
