@@ -167,7 +167,8 @@ class RefinementOptions:
             (:func:`changes_near_clicks`; after ``claims``).
         previous: the mask each state's proposal refines (:func:`monotone_masks`,
             :data:`PREVIOUS`): ``"diagonal"`` (the state without its last click of either
-            kind) or ``"merged"`` (the last clicks' decisions both standing).
+            kind) or ``"merged"`` (the last clicks' decisions both standing); no effect with
+            ``contest "nearest"``, where no proposal refines a state with clicks of both kinds.
         contest: what decides a state with clicks of both kinds (:data:`CONTESTS`; with
             ``monotone``), which only chooses the voxels its last foreground click added and its
             last background click removed, each without the other (``contest`` of

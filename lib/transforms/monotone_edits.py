@@ -28,7 +28,10 @@ What ``R(i, j)`` refines (:data:`PREVIOUS`; ``M(i-1, 0)`` / ``M(0, j-1)`` on the
   overrules them. The proposals of a new row or column then follow one another.
 
 A new click costs one proposal per click of the other kind (plus one); a request with ``n``
-clicks and nothing cached costs about ``(n/2 + 1)^2``.
+clicks and nothing cached costs about ``(n/2 + 1)^2``. Since ``M(i, j)`` lies between
+``M(i-1, j)`` and ``M(i, j-1)`` whatever ``R(i, j)`` is, a cheaper rule may decide the states
+with clicks of both kinds instead (``contest`` of :func:`monotone_masks`): a new click then
+costs one proposal, and ``PREVIOUS`` no longer matters.
 """
 
 from __future__ import annotations
