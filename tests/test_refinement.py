@@ -151,6 +151,7 @@ def test_refinement_presets_and_options_are_checked():
     config.init("midepseg_2d", str(APP / "model"), {}, None)
     task2d = config.infer()
     assert task2d.options.reach_limit == 1.0, "the 2D default's depth limit"
+    assert task2d.options.contest == task3d.options.contest == "nearest", "both defaults decide contested voxels by the nearer click"
     config = MIDeepSeg2DConfig()
     config.init("midepseg_2d", str(APP / "model"), {"reach_limit": "0"}, None)
     assert config.infer().options.reach_limit == 0.0
@@ -161,6 +162,7 @@ def test_refinement_presets_and_options_are_checked():
                          ({"reach_limit": "nan"}, "reach_limit must be >= 0"), ({"stage1_sigma": "0"}, "stage1_sigma must be > 0"),
                          ({"spatial_term": "manhattan"}, "spatial_term must be one of"),
                          ({"previous": "sideways"}, "previous must be one of"),
+                         ({"contest": "coin"}, "contest must be one of"),
                          ({"work_voxels": "3"}, "work_voxels must be at least")):
         config = MIDeepSeg2DConfig()
         config.init("midepseg_2d", str(APP / "model"), bad, None)
