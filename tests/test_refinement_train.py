@@ -63,3 +63,25 @@ def test_a_coarser_refinement_grid_trains_in_bfloat16_and_the_infer_task_uses_it
     finally:
         method.close()
     assert result.masks[2].shape == mask.shape and len(result.clicks) >= 1
+
+
+def test_a_one_kind_session_clicks_only_the_errors_of_its_kind():
+    """``click_kinds="one"``: a crop whose mask both misses object and leaks gets clicks of
+    its own kind only, placed in the largest error region of that kind (the robot with both
+    kinds clicks the larger leak)."""
+    from lib.trainers.refinement_train import ClickSession
+
+    label = np.zeros((32, 32), bool)
+    label[8:24, 8:24] = True
+    mask = label.copy()
+    mask[8:12, 8:24] = False  # a missed strip of 64 pixels
+    mask[24:32, 0:32] = True  # a leak of 256 pixels
+    crop = {"image": np.zeros((32, 32), np.float32), "cue": np.zeros((32, 32), np.float32), "label": label}
+    both, fg_only, bg_only = (ClickSession(crop, mask, kind) for kind in (None, True, False))
+    for session in (both, fg_only, bg_only):
+        for _ in range(3):
+            session.click(None, 0.0)
+    assert len(both.bg) and not len(fg_only.bg) and not len(bg_only.fg)
+    assert len(fg_only.fg) == 3 and len(bg_only.bg) == 3
+    assert all(label[tuple(p)] and not mask[tuple(p)] for p in fg_only.fg)
+    assert all(mask[tuple(p)] and not label[tuple(p)] for p in bg_only.bg)

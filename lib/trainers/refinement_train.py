@@ -14,6 +14,10 @@ DeepIGeoS' R-Net and RITM: per batch,
    border, as a human would), and the refinement network's answer becomes the mask;
 4. one more click, and the Dice + cross-entropy loss of the network's answer.
 
+With ``click_kinds="one"`` each crop's clicks are of one kind, drawn per crop (the robot
+then clicks the largest error region of that kind): the states the infer task proposes with
+``contest "nearest"``, where a state with clicks of both kinds is decided without the network.
+
 Validation: held-out objects (by subject), deterministic margin points, robot clicks;
 Dice after 1, 3 and 5 clicks on the network grid. The best checkpoint (mean of those) is
 published atomically as ``{"model": state_dict, "grid": [...]}``: ``--grid`` may be coarser
@@ -171,19 +175,29 @@ def jittered_click(mask: np.ndarray, reference: np.ndarray, clicked: np.ndarray,
     return (inner[rng.randint(len(inner))], is_fg) if len(inner) else click
 
 
-class ClickSession:
-    """The clicks of one training crop (network-grid indices) and its current mask."""
+CLICK_KINDS = ("both", "one")
 
-    def __init__(self, crop: dict, mask: np.ndarray) -> None:
+
+class ClickSession:
+    """The clicks of one training crop (network-grid indices) and its current mask;
+    ``foreground_only``: ``None`` for clicks of both kinds, else the one kind the robot
+    places (``True`` foreground, ``False`` background)."""
+
+    def __init__(self, crop: dict, mask: np.ndarray, foreground_only: bool | None = None) -> None:
         self.crop = crop
         self.mask = mask
+        self.foreground_only = foreground_only
         ndim = mask.ndim
         self.fg = np.zeros((0, ndim), dtype=np.int64)
         self.bg = np.zeros((0, ndim), dtype=np.int64)
 
     def click(self, rng: np.random.RandomState | None, jitter: float) -> None:
         clicked = np.concatenate([self.fg, self.bg])
-        click = jittered_click(self.mask, self.crop["label"], clicked, rng, jitter)
+        label = self.crop["label"]
+        seen = self.mask  # the errors of the other kind hidden from the robot when it places one kind
+        if self.foreground_only is not None:
+            seen = (self.mask & label) if self.foreground_only else (self.mask | label)
+        click = jittered_click(seen, label, clicked, rng, jitter)
         if click is None:
             return
         point, is_fg = click
@@ -241,19 +255,23 @@ def train(
     grid: Sequence[int] | None = None,
     precision: str = "float32",
     launch: Launch | None = None,
+    click_kinds: str = "both",
 ) -> dict:
     """Train for ``minutes`` of wall time; returns the curves (also written beside ``out_path``)
     and ``weights_sha256``, the digest of the final weights.
     ``resume``: start from these refinement weights instead of the stage-1 ones; ``grid``:
     the network grid (default: the stage-1 one); ``precision``: ``float32`` or
     ``bfloat16`` (CPU autocast of the forward passes); ``launch``: this process's rank of
-    a torchrun job whose process group is initialised (``None``: one process)."""
+    a torchrun job whose process group is initialised (``None``: one process); ``click_kinds``:
+    one of :data:`CLICK_KINDS` (module doc)."""
     rank = launch.rank if launch else 0
     rng = np.random.RandomState(seed + rank)
     torch.manual_seed(seed)
     size = tuple(grid or DEFAULT_SPATIAL_SIZE[dim])
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+    if click_kinds not in CLICK_KINDS:
+        raise ValueError(f"click_kinds must be one of {CLICK_KINDS}, got {click_kinds!r}")
     def autocast() -> torch.autocast:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
@@ -281,7 +299,8 @@ def train(
                 group["lr"] = lr / 2
             halved = True
         crops = [draw_crop(objects[rng.randint(len(objects))], rng, size) for _ in range(batch_size)]
-        sessions = [ClickSession(c, m) for c, m in zip(crops, _stage1_masks(stage1, crops))]
+        kinds = [None if click_kinds == "both" else bool(rng.rand() < 0.5) for _ in crops]
+        sessions = [ClickSession(c, m, k) for c, m, k in zip(crops, _stage1_masks(stage1, crops), kinds)]
         rounds = rng.randint(max_rounds + 1)
         for r in range(rounds + 1):
             for s in sessions:
@@ -353,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", type=int, nargs="+", help="network grid (default: the stage-1 grid)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--click-kinds", choices=CLICK_KINDS, default="both",
+                        help="one: each crop's clicks of one kind (the states proposed with contest nearest)")
     parser.add_argument("--rank-report", type=Path, default=None,
                         help="folder for rank<N>.json: this process's step count and final weights digest")
     args = parser.parse_args(argv)
@@ -375,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         curves = train(objects, val_objects, args.dim, str(stage1), str(args.out), args.minutes, args.batch_size,
                        args.lr, args.max_rounds, args.jitter, args.val_every, args.seed,
-                       str(args.resume) if args.resume else None, args.grid, args.precision, launch)
+                       str(args.resume) if args.resume else None, args.grid, args.precision, launch, args.click_kinds)
     finally:
         if launch is not None:
             torch.distributed.destroy_process_group()
