@@ -4,6 +4,7 @@ from the stage-1 network's answer."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from lib.networks import REFINEMENT_IN_CHANNELS, midepseg_unet, refinement_from_stage1
@@ -11,7 +12,8 @@ from lib.trainers.refinement_train import TrainObject, train
 from tests.conftest import ellipsoid_mask, noisy_image
 
 
-def test_refinement_starts_as_stage1_and_training_publishes_weights(tmp_path):
+@pytest.mark.parametrize("click_kinds", ["both", "one"])
+def test_refinement_starts_as_stage1_and_training_publishes_weights(tmp_path, click_kinds):
     torch.manual_seed(0)
     stage1 = midepseg_unet(2).eval()
     refine = refinement_from_stage1(stage1.state_dict(), 2).eval()
@@ -27,7 +29,7 @@ def test_refinement_starts_as_stage1_and_training_publishes_weights(tmp_path):
         objects.append(TrainObject(f"disk{k}", noisy_image(mask, seed=k)[0], mask, np.ones(2)))
     out = tmp_path / "refine.pt"
     curves = train(objects[:3], objects[3:], 2, str(stage1_path), str(out), minutes=0.15, batch_size=2, lr=1e-3,
-                   max_rounds=1, jitter=0.3, val_every=2)
+                   max_rounds=1, jitter=0.3, val_every=2, click_kinds=click_kinds)
     assert out.is_file() and curves["step"], "a validated checkpoint must be published"
     net = midepseg_unet(2, REFINEMENT_IN_CHANNELS)
     net.load_state_dict(torch.load(out, map_location="cpu", weights_only=True)["model"])

@@ -220,10 +220,13 @@ def _stage1_masks(stage1: torch.nn.Module, crops: list[dict]) -> list[np.ndarray
         return _masks(stage1(x))
 
 
-def validate(net: torch.nn.Module, stage1: torch.nn.Module, crops: list[dict]) -> dict[int, float]:
-    """Mean Dice after 0 and after each of ``VAL_CLICKS`` robot clicks on the network grid."""
+def validate(net: torch.nn.Module, stage1: torch.nn.Module, crops: list[dict], click_kinds: str = "both") -> dict[int, float]:
+    """Mean Dice after 0 and after each of ``VAL_CLICKS`` robot clicks on the network grid
+    (``click_kinds "one"``: foreground clicks only on every other crop, background clicks only
+    on the rest)."""
     net.eval()
-    sessions = [ClickSession(c, m) for c, m in zip(crops, _stage1_masks(stage1, crops))]
+    kinds = [None if click_kinds == "both" else k % 2 == 0 for k in range(len(crops))]
+    sessions = [ClickSession(c, m, kind) for c, m, kind in zip(crops, _stage1_masks(stage1, crops), kinds)]
     out = {0: float(np.mean([dice(s.mask, s.crop["label"]) for s in sessions]))}
     for k in range(1, max(VAL_CLICKS) + 1):
         for s in sessions:
@@ -321,7 +324,7 @@ def train(
             losses.append(float(loss.detach()))
         step += 1
         if step % val_every == 0 and rank == 0:
-            val = validate(net, stage1, val_crops)
+            val = validate(net, stage1, val_crops, click_kinds)
             score = float(np.mean([val[k] for k in VAL_CLICKS]))
             curves["step"].append(step)
             curves["loss"].append(float(np.mean(losses)))
