@@ -22,6 +22,26 @@ def _random_proposer(seed: int, shape=(12, 12)):
     return propose
 
 
+def _random_contest(seed: int):
+    """A contest that ignores everything sensible: random masks, fixed per state, often
+    outside the bounds it is given (``monotone_masks`` must clip them)."""
+
+    def contest(state, lower, diagonal, upper):
+        return np.random.RandomState(hash((seed, "contest") + state) % 2**31).rand(*lower.shape) > 0.5
+
+    return contest
+
+
+def _assert_monotone(masks) -> None:
+    """Every foreground click only adds and every background click only removes, whichever
+    path reaches a state."""
+    for (i, j), mask in masks.items():
+        if i:
+            assert np.all(mask >= masks[(i - 1, j)]), f"foreground click {i} removed voxels at {(i, j)}"
+        if j:
+            assert np.all(mask <= masks[(i, j - 1)]), f"background click {j} added voxels at {(i, j)}"
+
+
 @pytest.mark.parametrize("previous", PREVIOUS)
 @pytest.mark.parametrize("seed", range(5))
 def test_any_proposals_give_monotone_clicks_along_every_path(seed, previous):
@@ -31,18 +51,16 @@ def test_any_proposals_give_monotone_clicks_along_every_path(seed, previous):
     masks = monotone_masks(n, m, base, _random_proposer(seed), previous=previous)
     assert set(masks) == {(i, j) for i in range(n + 1) for j in range(m + 1)}
     np.testing.assert_array_equal(masks[(0, 0)], base)
-    for (i, j), mask in masks.items():
-        if i:
-            assert np.all(mask >= masks[(i - 1, j)]), f"foreground click {i} removed voxels at {(i, j)}"
-        if j:
-            assert np.all(mask <= masks[(i, j - 1)]), f"background click {j} added voxels at {(i, j)}"
+    _assert_monotone(masks)
 
 
+@pytest.mark.parametrize("with_contest", [False, True])
 @pytest.mark.parametrize("previous", PREVIOUS)
-def test_cached_states_give_the_same_masks_as_a_cold_request(previous):
+def test_cached_states_give_the_same_masks_as_a_cold_request(previous, with_contest):
     base = np.random.RandomState(9).rand(12, 12) > 0.5
     propose = _random_proposer(3)
-    cold = monotone_masks(3, 3, base, propose, previous=previous)
+    contest = _random_contest(3) if with_contest else None
+    cold = monotone_masks(3, 3, base, propose, previous=previous, contest=contest)
     calls = []
 
     def counting(states, previous):
@@ -50,8 +68,9 @@ def test_cached_states_give_the_same_masks_as_a_cold_request(previous):
         return propose(states, previous)
 
     partial = {s: m for s, m in cold.items() if s[0] < 3}  # a new 3rd foreground click
-    warm = monotone_masks(3, 3, base, counting, partial, previous=previous)
-    assert sorted(calls) == [(3, j) for j in range(4)], "a new click costs one row of proposals"
+    warm = monotone_masks(3, 3, base, counting, partial, previous=previous, contest=contest)
+    # a new click costs one row of proposals, or with a contest one proposal
+    assert sorted(calls) == ([(3, 0)] if with_contest else [(3, j) for j in range(4)])
     for state in cold:
         np.testing.assert_array_equal(warm[state], cold[state])
 
@@ -127,16 +146,6 @@ def test_merged_previous_lets_the_state_overrule_a_decision():
     assert merged[0, 6:8].all() and not merged[1:, 6:8].any() and merged[:, 0:2].all()
 
 
-def _random_contest(seed: int):
-    """A contest that ignores everything sensible: random masks, fixed per state, often
-    outside the bounds it is given (``monotone_masks`` must clip them)."""
-
-    def contest(state, lower, diagonal, upper):
-        return np.random.RandomState(hash((seed, "contest") + state) % 2**31).rand(*lower.shape) > 0.5
-
-    return contest
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_a_contest_decides_the_states_with_both_kinds_of_click(seed):
     base = np.random.RandomState(seed).rand(12, 12) > 0.5
@@ -158,28 +167,7 @@ def test_a_contest_decides_the_states_with_both_kinds_of_click(seed):
         np.testing.assert_array_equal(lower, masks[(i - 1, j)])
         np.testing.assert_array_equal(diagonal, masks[(i - 1, j - 1)])
         np.testing.assert_array_equal(upper, masks[(i, j - 1)])
-    for (i, j), mask in masks.items():  # clipped: monotone along every path
-        if i:
-            assert np.all(mask >= masks[(i - 1, j)]), f"foreground click {i} removed voxels at {(i, j)}"
-        if j:
-            assert np.all(mask <= masks[(i, j - 1)]), f"background click {j} added voxels at {(i, j)}"
-
-
-def test_with_a_contest_a_new_click_costs_one_proposal():
-    base = np.random.RandomState(4).rand(12, 12) > 0.5
-    propose, contest = _random_proposer(2), _random_contest(2)
-    cold = monotone_masks(3, 3, base, propose, contest=contest)
-    calls = []
-
-    def counting(states, previous):
-        calls.extend(states)
-        return propose(states, previous)
-
-    partial = {s: m for s, m in cold.items() if s[0] < 3}  # a new 3rd foreground click
-    warm = monotone_masks(3, 3, base, counting, partial, contest=contest)
-    assert calls == [(3, 0)]
-    for state in cold:
-        np.testing.assert_array_equal(warm[state], cold[state])
+    _assert_monotone(masks)  # the contests clipped to their bounds
 
 
 def test_unknown_previous_is_refused():

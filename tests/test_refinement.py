@@ -306,10 +306,11 @@ def test_the_depth_limit_keeps_clicks_to_their_error_region(shared_data):
     ventricle of the 2D dev set, 20 robot clicks. Measured with the shipped weights (session 19's
     refinement) and the contest of session 20: with it no click lowers Dice by more than 0.011
     and the session ends at 0.912; without it (``0``, the default before session 18) a click
-    lowers it by 0.046 and it ends at 0.910. (With session 19's ``contest proposal``: 0.007 and
-    0.930 with it; 2 clicks by more than 0.01, up to 0.041, and 0.925 without.) (With session 18's refinement weights: 0.008 and 0.919 with
-    it; 4 clicks, up to 0.040, without: a foreground click that gives back what the last
-    background click removed, answers 20-40 pixels wide to errors of a few.)"""
+    lowers it by 0.046 and it ends at 0.910. Earlier: with session 19's ``contest proposal``
+    0.007 and 0.930 with it, 2 clicks by more than 0.01 (up to 0.041) and 0.925 without; with
+    session 18's weights 0.008 and 0.919 with it, 4 clicks (up to 0.040) without: a foreground
+    click that gives back what the last background click removed, answers 20-40 pixels wide to
+    errors of a few."""
     dice_after = _dice_per_setting(2, "brain structures 2D", "right lateral ventricle", "reach_limit", ("1", "0"), 20)
     assert np.diff(dice_after["1"]).min() >= -0.015, dice_after["1"]  # 0.011 measured: room for float32-only CPUs
     assert np.diff(dice_after["0"]).min() < -0.03, dice_after["0"]

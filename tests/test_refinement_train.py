@@ -79,7 +79,7 @@ def test_a_one_kind_session_clicks_only_the_errors_of_its_kind():
     mask[8:12, 8:24] = False  # a missed strip of 64 pixels
     mask[24:32, 0:32] = True  # a leak of 256 pixels
     crop = {"image": np.zeros((32, 32), np.float32), "cue": np.zeros((32, 32), np.float32), "label": label}
-    both, fg_only, bg_only = (ClickSession(crop, mask, kind) for kind in (None, True, False))
+    both, fg_only, bg_only = (ClickSession(crop, mask, kind) for kind in ("both", "foreground", "background"))
     for session in (both, fg_only, bg_only):
         for _ in range(3):
             session.click(None, 0.0)

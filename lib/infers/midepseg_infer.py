@@ -35,6 +35,7 @@ proposal needs the stage-1 crop).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -931,8 +932,7 @@ class _Refinement:
         if not self.options.monotone and n + m:  # one proposal for all clicks, refining the stage-1 mask
             data["pred"] = np.asarray(self.propose(data, [(n, m)], [known[(0, 0)]])[0]).astype(np.uint8)[None]
             return data
-        contest = (lambda state, lower, diagonal, upper: self._nearest_click(data, state, lower, diagonal, upper)) \
-            if self.options.contest == "nearest" else None
+        contest = functools.partial(self._nearest_click, data) if self.options.contest == "nearest" else None
         masks = monotone_masks(n, m, known[(0, 0)], lambda states, prev: self.propose(data, states, prev), known,
                                self.options.previous, contest)
         for state, mask in masks.items():

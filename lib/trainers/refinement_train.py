@@ -176,17 +176,19 @@ def jittered_click(mask: np.ndarray, reference: np.ndarray, clicked: np.ndarray,
 
 
 CLICK_KINDS = ("both", "one")
+SESSION_KINDS = ("both", "foreground", "background")
 
 
 class ClickSession:
     """The clicks of one training crop (network-grid indices) and its current mask;
-    ``foreground_only``: ``None`` for clicks of both kinds, else the one kind the robot
-    places (``True`` foreground, ``False`` background)."""
+    ``kind``: the clicks the robot places, one of :data:`SESSION_KINDS`."""
 
-    def __init__(self, crop: dict, mask: np.ndarray, foreground_only: bool | None = None) -> None:
+    def __init__(self, crop: dict, mask: np.ndarray, kind: str = "both") -> None:
+        if kind not in SESSION_KINDS:
+            raise ValueError(f"click session kind must be one of {SESSION_KINDS}, got {kind!r}")
         self.crop = crop
         self.mask = mask
-        self.foreground_only = foreground_only
+        self.kind = kind
         ndim = mask.ndim
         self.fg = np.zeros((0, ndim), dtype=np.int64)
         self.bg = np.zeros((0, ndim), dtype=np.int64)
@@ -194,9 +196,11 @@ class ClickSession:
     def click(self, rng: np.random.RandomState | None, jitter: float) -> None:
         clicked = np.concatenate([self.fg, self.bg])
         label = self.crop["label"]
-        seen = self.mask  # the errors of the other kind hidden from the robot when it places one kind
-        if self.foreground_only is not None:
-            seen = (self.mask & label) if self.foreground_only else (self.mask | label)
+        seen = self.mask  # the robot sees no error of the other kind when it places one kind
+        if self.kind == "foreground":
+            seen = self.mask & label
+        elif self.kind == "background":
+            seen = self.mask | label
         click = jittered_click(seen, label, clicked, rng, jitter)
         if click is None:
             return
@@ -225,7 +229,7 @@ def validate(net: torch.nn.Module, stage1: torch.nn.Module, crops: list[dict], c
     (``click_kinds "one"``: foreground clicks only on every other crop, background clicks only
     on the rest)."""
     net.eval()
-    kinds = [None if click_kinds == "both" else k % 2 == 0 for k in range(len(crops))]
+    kinds = ["both" if click_kinds == "both" else SESSION_KINDS[1 + k % 2] for k in range(len(crops))]
     sessions = [ClickSession(c, m, kind) for c, m, kind in zip(crops, _stage1_masks(stage1, crops), kinds)]
     out = {0: float(np.mean([dice(s.mask, s.crop["label"]) for s in sessions]))}
     for k in range(1, max(VAL_CLICKS) + 1):
@@ -302,7 +306,7 @@ def train(
                 group["lr"] = lr / 2
             halved = True
         crops = [draw_crop(objects[rng.randint(len(objects))], rng, size) for _ in range(batch_size)]
-        kinds = [None if click_kinds == "both" else bool(rng.rand() < 0.5) for _ in crops]
+        kinds = ["both" if click_kinds == "both" else SESSION_KINDS[1 if rng.rand() < 0.5 else 2] for _ in crops]
         sessions = [ClickSession(c, m, k) for c, m, k in zip(crops, _stage1_masks(stage1, crops), kinds)]
         rounds = rng.randint(max_rounds + 1)
         for r in range(rounds + 1):
