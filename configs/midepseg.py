@@ -104,6 +104,7 @@ class MIDeepSegConfig(TaskConfig):
             ensemble_paths=self.ensemble_paths(),
             stage1_sigma=float(self.conf["stage1_sigma"]) if "stage1_sigma" in self.conf else None,
             work_voxels=int(self.conf["work_voxels"]) if "work_voxels" in self.conf else None,
+            torch_threads=int(self.conf["torch_threads"]) if "torch_threads" in self.conf else None,
             description=(
                 f"MIDeepSeg {kind}: click {self.margin_points} interior margin points just inside the object's "
                 "boundary (foreground), then foreground/background clicks to refine"

@@ -13,7 +13,10 @@ OHIF do:
 
 Prints one table per case: wall time of each request as the client sees it, the server's
 per-stage timing from the result JSON (load, egd, network, fusion, graph_cut, restore,
-write), and the Dice after each request; medians and maxima over the refinement clicks. With
+write), and the Dice after each request; medians and maxima over the refinement clicks; then,
+per model, the median, 90th percentile and slowest of all its cases' clicks together
+(``--hc18-case`` repeated gives one 2D case per image, e.g. the first ten HC18 images for 100
+2D clicks). With
 ``--worst-case``, also the most expensive request the app accepts, with nothing cached: new
 margin points (moved one voxel) and the per-request limit of refinement clicks
 (``lib.edge.params``), half foreground inside the object and half background outside it
@@ -204,12 +207,25 @@ def format_table(name: str, shape, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pooled_summary(rows_by_model: dict[str, list[dict]]) -> str:
+    """Per model, the wall time of every refinement click of its cases together: count,
+    median, 90th percentile and slowest (seconds)."""
+    lines = ["refinement clicks over REST, all cases of a model (wall, seconds)"]
+    for model, rows in rows_by_model.items():
+        walls = [r["wall"] for r in rows if r["request"].startswith("click")]
+        if walls:
+            lines.append(f"{model}: {len(walls)} clicks, median {statistics.median(walls):.3f}, "
+                         f"p90 {float(np.percentile(walls, 90)):.3f}, slowest {max(walls):.3f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="use this running server (the images are uploaded to its datastore)")
     parser.add_argument("--studies", type=Path, help="studies folder to copy into the temporary one (default: none)")
     parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data", help="development data folder")
-    parser.add_argument("--hc18-case", default="800_HC", help="HC18 image for the 2D case")
+    parser.add_argument("--hc18-case", action="append", metavar="NAME",
+                        help="HC18 image for a 2D case (repeatable: one case each; default 800_HC)")
     parser.add_argument("--clicks", type=int, default=5, help="robot refinement clicks per case")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -231,11 +247,12 @@ def main(argv=None) -> int:
     else:
         studies.mkdir()
     refs.mkdir()
-    cases = [
-        ("2D slice 512x512 (HC18 %s), midepseg_2d" % args.hc18_case, "midepseg_2d", "bench_hc18_512", ".png"),
-        ("3D volume 240x240x155 (BraTS %s T1c, tumour core)" % BRATS_CASE, "midepseg_3d", "bench_brats_t1c", ".nii.gz"),
-    ]
-    make_2d_case(args.data, args.hc18_case, studies / "bench_hc18_512.png", refs / "bench_hc18_512.png")
+    cases = []
+    for k, hc18 in enumerate(args.hc18_case or ["800_HC"]):
+        image_id = "bench_hc18_512" + (f"_{k}" if k else "")
+        make_2d_case(args.data, hc18, studies / f"{image_id}.png", refs / f"{image_id}.png")
+        cases.append(("2D slice 512x512 (HC18 %s), midepseg_2d" % hc18, "midepseg_2d", image_id, ".png"))
+    cases.append(("3D volume 240x240x155 (BraTS %s T1c, tumour core)" % BRATS_CASE, "midepseg_3d", "bench_brats_t1c", ".nii.gz"))
     make_3d_case(args.data, studies / "bench_brats_t1c.nii.gz", refs / "bench_brats_t1c.nii.gz")
     for k, (image, label) in enumerate(args.volume):
         image_id = f"bench_volume_{k}"
@@ -260,7 +277,7 @@ def main(argv=None) -> int:
         info = client.info()
         log.info("models: %s", sorted(info["models"]))
 
-        tables, results = [], {}
+        tables, results, rows_by_model = [], {}, {}
         for name, model, image_id, ext in cases:
             reference_raw, spacing = load(refs / f"{image_id}{ext}")
             reference = reference_raw > 0
@@ -269,9 +286,11 @@ def main(argv=None) -> int:
                 rows.append(worst_case(client, model, image_id, reference, spacing))
             tables.append(format_table(name, reference.shape, rows))
             results[name] = rows
+            rows_by_model.setdefault(model, []).extend(rows)
         print(f"\nMIDeepSeg over REST ({url}); wall = client round trip (request, server, result file received and written)")
         for t in tables:
             print("\n" + t)
+        print("\n" + pooled_summary(rows_by_model))
         if args.json:
             args.json.write_text(json.dumps(results, indent=1, default=float))
     finally:

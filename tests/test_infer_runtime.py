@@ -212,3 +212,40 @@ def test_refinement_model_is_found_or_stops_the_task(tmp_path, monkeypatch):
     assert learned_path(in_folder) == in_folder
     with pytest.raises(ValueError, match="refinement_model 'candidates/typo.pt': no such file"):
         learned_path("candidates/typo.pt")
+
+
+@pytest.mark.parametrize("conf, expected", [({}, 1), ({"torch_threads": "2"}, 2)])
+def test_a_request_sets_its_threads_torch_thread_count(tmp_path, conf, expected):
+    """A request runs its torch work with the task's intra-op thread count, set on the thread
+    that runs it (a server's worker thread): one by default in 2D (``DEFAULT_TORCH_THREADS``:
+    small 2D tensors split over two OpenMP threads from a worker thread cost twice as much),
+    ``--conf torch_threads`` otherwise; the 3D task keeps the process's count, and a count
+    below one stops the task at start-up."""
+    from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig
+
+    image = np.zeros((64, 64), np.float32)
+    image[20:44, 18:46] = 1.0
+    image_path = str(tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(image, np.eye(4)), image_path)
+    config = MIDeepSeg2DConfig()
+    config.init("midepseg_2d", str(tmp_path), conf, None)
+    task = config.infer()
+    seen = []
+
+    def request() -> None:
+        torch.set_num_threads(3)  # whatever the thread had before
+        _, result = task({"image": image_path, "foreground": [[21, 31], [42, 31], [31, 19], [31, 44]], "background": [],
+                          "device": "cpu", "skip_writer": True})
+        seen.append((torch.get_num_threads(), int(np.asarray(result["pred"]).sum())))
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    worker.join(60)
+    assert seen and seen[0][0] == expected and seen[0][1] > 0
+    config = MIDeepSeg3DConfig()
+    config.init("midepseg_3d", str(tmp_path), {}, None)
+    assert config.infer().torch_threads == torch.get_num_threads()
+    config = MIDeepSeg2DConfig()
+    config.init("midepseg_2d", str(tmp_path), {"torch_threads": "0"}, None)
+    with pytest.raises(ValueError, match="torch_threads must be >= 1"):
+        config.infer()

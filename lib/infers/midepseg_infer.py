@@ -56,6 +56,7 @@ from monailabel.transform.writer import Writer, write_itk
 from lib.infers.budget import DEFAULT_BUDGET_S, StartDeadline
 from lib.infers.image_cache import CachedLoadImaged, LRUCache
 from lib.networks import REFINEMENT_IN_CHANNELS, inference_dtype, load_unet, predict_probability, refinement_from_stage1
+from lib.transforms.click_intensity import intensity_evidence, reweigh_probability
 from lib.transforms.clicks import MIN_MARGIN_POINTS, ApplyClicksd, ParseClicksd, PasteSliced, SelectSliced
 from lib.transforms.crop import (
     CropByMarginPointsd, box_border, box_slices, crop_and_resize, points_to_crop, resample, restore_from_crop, spacing_of,
@@ -91,6 +92,16 @@ LEARNED_WARM_BATCHES = 8
 # voxels); "image" = that boundary placed again at the image's resolution by the same graph
 # cut solved in a band one work voxel either side of it (:func:`band_graph_cut`); the
 # refinement's changes, made on the work grid against that mask, are added and removed there.
+# Intra-op CPU threads of a request's torch work (networks, resampling), set on the thread that
+# runs the request (``torch_threads``; None: the process's count when the task was made). In 2D
+# one: from a thread other than the process's main thread (a server's worker thread), every
+# parallel region of a small 2D tensor cost more with two OpenMP threads than the work it split
+# (session 21, 2-core host: the 2D refinement network on 64x64 took 0.018-0.026 s with 2 threads
+# and 0.008 s with 1 there, 0.007-0.011 s with 2 on the main thread; a 2D click over REST, 70
+# clicks on 7 HC18 images, median / p90 / slowest 0.043 / 0.054 / 0.061 s -> 0.033 / 0.042 /
+# 0.048 s). In 3D the process's count: the 3D stage-1 network on 96x96x64 took 0.19 s with 2
+# threads and 0.32 s with 1, on any thread.
+DEFAULT_TORCH_THREADS = {2: 1, 3: None}
 STAGE1_RESOLUTIONS = ("work", "image")
 DEFAULT_STAGE1_RESOLUTION = {2: "work", 3: "image"}  # 3D: chosen in session 12 (README, "3D resolution")
 # The graph cut's (lamda, sigma) of Eq. 8 per (dimension, refinement preset), the task's
@@ -177,6 +188,10 @@ class RefinementOptions:
             a new click costs one proposal per click of the other kind, plus one) or
             ``"nearest"`` (each voxel goes to the nearer of the two clicks by
             :func:`click_distance`: a new click costs one proposal).
+        click_intensity: when > 0, the weight of what the clicks say about intensities
+            (:func:`intensity_evidence`: each seed's Gaussian on the work image, smoothed as
+            the geodesic is, foreground against background) added to the logit of the
+            probability a state fuses with its clicks (:func:`reweigh_probability`).
     """
 
     proposal: str = "ifgc"
@@ -196,6 +211,7 @@ class RefinementOptions:
     spatial_term: str = "euclidean"
     previous: str = "diagonal"
     contest: str = "proposal"
+    click_intensity: float = 0.0
 
 
 CONTESTS = ("proposal", "nearest")
@@ -261,6 +277,7 @@ class MIDeepSegInfer(BasicInferTask):
         stage1_resolution: str | None = None,
         ensemble_paths: Sequence[str] = (),
         stage1_sigma: float | None = None,
+        torch_threads: int | None = None,
         **kwargs,
     ) -> None:
         refinement = refinement or DEFAULT_REFINEMENT[dimension]
@@ -307,6 +324,8 @@ class MIDeepSegInfer(BasicInferTask):
                 raise ValueError(f"refinement {name} must be >= 0, got {getattr(self.options, name)!r}")
         if not self.options.geodesic_weight >= 0:
             raise ValueError(f"refinement geodesic_weight must be >= 0, got {self.options.geodesic_weight!r}")
+        if not self.options.click_intensity >= 0:
+            raise ValueError(f"refinement click_intensity must be >= 0, got {self.options.click_intensity!r}")
         if not self.options.temperature > 0:
             raise ValueError(f"refinement temperature must be > 0, got {self.options.temperature!r}")
         self._loader = CachedLoadImaged(keys="image")
@@ -328,6 +347,11 @@ class MIDeepSegInfer(BasicInferTask):
         if missing:
             raise ValueError(f"stage-1 ensemble: no weights at {', '.join(missing)}")
         self._ensemble = [_EnsembleMember(p, dimension) for p in ensemble_paths]
+        if torch_threads is None:
+            torch_threads = DEFAULT_TORCH_THREADS[dimension] or torch.get_num_threads()
+        self.torch_threads = int(torch_threads)
+        if self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads!r}")
         # One request of this task at a time: its caches and its network are shared state.
         self._lock = threading.Lock()
 
@@ -365,6 +389,7 @@ class MIDeepSegInfer(BasicInferTask):
         if "sigma" not in request and self.stage1_sigma is not None:  # a sigma sent applies to every cut
             request["stage1_sigma"] = self.stage1_sigma
         with self._lock:
+            torch.set_num_threads(self.torch_threads)  # this thread's (DEFAULT_TORCH_THREADS)
             try:
                 return super().__call__(request, callbacks)
             except MarginPointsIncomplete as waiting:
@@ -748,6 +773,7 @@ class _Refinement:
         self._graph_cut = GraphCutd(keys="pred", image_key="work_image", spacing_key="work_spacing", **WORK_KEYS)
         self._masks = LRUCache(1024)
         self._euclid = LRUCache(64)  # a click's Euclidean distance map (mm) on the work grid
+        self._smoothed = LRUCache(8)  # the work image smoothed as the geodesic's, per work crop
         self._borders = LRUCache(8)  # the box faces inside the image, per work crop
 
     def _state_key(self, data: dict, state: tuple[int, int], weights: float | None) -> tuple:
@@ -768,9 +794,25 @@ class _Refinement:
         fuse = self.options.proposal != "gc" if fuse is None else fuse
         if fuse and len(fg) + len(bg):
             state["pred"] = temper_probability(np.asarray(state["pred"]), self.options.temperature)
+            if self.options.click_intensity > 0:
+                evidence = self._intensity_evidence(data, fg, bg)
+                state["pred"] = reweigh_probability(state["pred"], None if evidence is None else evidence[None],
+                                                    self.options.click_intensity)
             state["distance_fg"], state["distance_bg"] = self._distance_maps(data, fg, bg, previous)
             state = self._fusion(state)
         return self._graph_cut(state)["pred"][0]
+
+    def _intensity_evidence(self, data: dict, fg: np.ndarray, bg: np.ndarray) -> np.ndarray | None:
+        """One state's :func:`intensity_evidence` on the work image (smoothed by the options'
+        ``smoothing``, once per crop): the margin points and foreground clicks against the
+        background clicks."""
+        image = self._smoothed.get(data["work_cache_key"])
+        if image is None:
+            image = data["work_image"][0].astype(np.float32)
+            if self.options.smoothing > 0:
+                image = ndimage.gaussian_filter(image, self.options.smoothing)
+            self._smoothed.put(data["work_cache_key"], image)
+        return intensity_evidence(image, np.concatenate([data["margin_points_work"], fg]), bg)
 
     def _click_map(self, data: dict, point: np.ndarray, depth: float | None, depths: np.ndarray | None = None) -> np.ndarray:
         """One click's distance map: :func:`click_distance` (``depth`` None), else its
