@@ -84,7 +84,7 @@ WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_wo
 PROPOSALS = ("ifgc", "gc", "learned", "geodesic")
 LEARNED_CUTS = ("none", "gc", "ifgc")
 CLAIMS = ("none", "removals", "all")
-SPATIAL_TERMS = ("euclidean", "depth")
+SPATIAL_TERMS = ("euclidean", "depth", "band")
 LEARNED_WARM_BATCHES = 8
 # How the stage-1 mask reaches the image (``stage1_resolution``): "work" = the graph cut on
 # the work grid, linearly restored (on a large 3D box its boundary moves in steps of several
@@ -172,7 +172,11 @@ class RefinementOptions:
             ``"euclidean"`` (its distance to the click) or ``"depth"`` (the difference of
             :func:`signed_depth` in the previous mask between a voxel and the click: a click in
             a thin band along the boundary reaches along the band as far as its geodesic
-            distance allows, not deeper or shallower); :data:`SPATIAL_TERMS`.
+            distance allows, not deeper or shallower) or ``"band"`` (the depth difference
+            plus the Euclidean distance divided by ``band_reach``: a click reaches
+            ``band_reach`` times further along the boundary than across it); :data:`SPATIAL_TERMS`.
+        band_reach: with ``spatial_term "band"``, how many times further a click reaches
+            along the boundary than across it.
         radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
             click's depth (in the previous mask) of a click of their kind
             (:func:`changes_near_clicks`; after ``claims``).
@@ -204,6 +208,7 @@ class RefinementOptions:
     geodesic_weight: float = 1.0
     radius_limit: float = 0.0
     spatial_term: str = "euclidean"
+    band_reach: float = 3.0
     previous: str = "diagonal"
     contest: str = "proposal"
 
@@ -318,6 +323,8 @@ class MIDeepSegInfer(BasicInferTask):
                 raise ValueError(f"refinement {name} must be >= 0, got {getattr(self.options, name)!r}")
         if not self.options.geodesic_weight >= 0:
             raise ValueError(f"refinement geodesic_weight must be >= 0, got {self.options.geodesic_weight!r}")
+        if not self.options.band_reach > 0:
+            raise ValueError(f"refinement band_reach must be > 0, got {self.options.band_reach!r}")
         if not self.options.temperature > 0:
             raise ValueError(f"refinement temperature must be > 0, got {self.options.temperature!r}")
         self._loader = CachedLoadImaged(keys="image")
@@ -801,11 +808,17 @@ class _Refinement:
         """One click's distance map: :func:`click_distance` (``depth`` None), else its
         geodesic distance plus a spatial term in units of ``depth``: the Euclidean distance to
         the click, or with ``depths`` (:func:`signed_depth` of the previous mask) the depth
-        difference."""
+        difference (``spatial_term "depth"``), plus the Euclidean distance over ``band_reach``
+        (``"band"``)."""
         if depth is None:
             return self.distances.distance(data, point[None])
         geodesic = self.distances.distance(data, point[None], 0.0)
-        spatial = np.abs(depths - depths[tuple(point)]) if depths is not None else self._euclidean(data, point)
+        if depths is None:
+            spatial = self._euclidean(data, point)
+        else:
+            spatial = np.abs(depths - depths[tuple(point)])
+            if self.options.spatial_term == "band":
+                spatial = spatial + self._euclidean(data, point) / self.options.band_reach
         return self.options.geodesic_weight * geodesic + (self.options.spatial_weight / depth) * spatial
 
     def _euclidean(self, data: dict, point: np.ndarray) -> np.ndarray:
@@ -826,7 +839,7 @@ class _Refinement:
         margin = data["margin_points_work"]
         fg_maps, bg_maps = [], []
         along = None
-        if self.options.depth_reach and self.options.spatial_term == "depth" and len(fg) + len(bg):
+        if self.options.depth_reach and self.options.spatial_term != "euclidean" and len(fg) + len(bg):
             along = signed_depth(previous, data["work_spacing"])
         depths = [None] * (len(fg) + len(bg))
         if self.options.depth_reach:  # both kinds in one pass over the boundary
