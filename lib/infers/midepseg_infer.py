@@ -86,21 +86,21 @@ LEARNED_CUTS = ("none", "gc", "ifgc")
 CLAIMS = ("none", "removals", "all")
 SPATIAL_TERMS = ("euclidean", "depth", "band")
 LEARNED_WARM_BATCHES = 8
-# How the stage-1 mask reaches the image (``stage1_resolution``): "work" = the graph cut on
-# the work grid, linearly restored (on a large 3D box its boundary moves in steps of several
-# voxels); "image" = that boundary placed again at the image's resolution by the same graph
-# cut solved in a band one work voxel either side of it (:func:`band_graph_cut`); the
-# refinement's changes, made on the work grid against that mask, are added and removed there.
 # Intra-op CPU threads of a request's torch work (networks, resampling), set on the thread that
 # runs the request (``torch_threads``; None: the process's count when the task was made). In 2D
 # one: from a thread other than the process's main thread (a server's worker thread), every
 # parallel region of a small 2D tensor cost more with two OpenMP threads than the work it split
 # (session 21, 2-core host: the 2D refinement network on 64x64 took 0.018-0.026 s with 2 threads
-# and 0.008 s with 1 there, 0.007-0.011 s with 2 on the main thread; a 2D click over REST, 70
-# clicks on 7 HC18 images, median / p90 / slowest 0.043 / 0.054 / 0.061 s -> 0.033 / 0.042 /
-# 0.048 s). In 3D the process's count: the 3D stage-1 network on 96x96x64 took 0.19 s with 2
-# threads and 0.32 s with 1, on any thread.
+# and 0.008 s with 1 there, 0.007-0.011 s with 2 on the main thread; a 2D click over REST, 80
+# clicks on 8 HC18 images with two servers side by side, median / p90 0.049 / 0.056 s -> 0.044 /
+# 0.052 s; README, "One torch thread per 2D request"). In 3D the process's count: the 3D stage-1
+# network on 96x96x64 took 0.19 s with 2 threads and 0.32 s with 1, on any thread.
 DEFAULT_TORCH_THREADS = {2: 1, 3: None}
+# How the stage-1 mask reaches the image (``stage1_resolution``): "work" = the graph cut on
+# the work grid, linearly restored (on a large 3D box its boundary moves in steps of several
+# voxels); "image" = that boundary placed again at the image's resolution by the same graph
+# cut solved in a band one work voxel either side of it (:func:`band_graph_cut`); the
+# refinement's changes, made on the work grid against that mask, are added and removed there.
 STAGE1_RESOLUTIONS = ("work", "image")
 DEFAULT_STAGE1_RESOLUTION = {2: "work", 3: "image"}  # 3D: chosen in session 12 (README, "3D resolution")
 # The graph cut's (lamda, sigma) of Eq. 8 per (dimension, refinement preset), the task's
@@ -176,7 +176,8 @@ class RefinementOptions:
             plus the Euclidean distance divided by ``band_reach``: a click reaches
             ``band_reach`` times further along the boundary than across it); :data:`SPATIAL_TERMS`.
         band_reach: with ``spatial_term "band"``, how many times further a click reaches
-            along the boundary than across it.
+            along the boundary than across it (2: chosen on the 3D selection set; README, "A
+            click's reach along the boundary").
         radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
             click's depth (in the previous mask) of a click of their kind
             (:func:`changes_near_clicks`; after ``claims``).
@@ -208,7 +209,7 @@ class RefinementOptions:
     geodesic_weight: float = 1.0
     radius_limit: float = 0.0
     spatial_term: str = "euclidean"
-    band_reach: float = 3.0
+    band_reach: float = 2.0
     previous: str = "diagonal"
     contest: str = "proposal"
 
