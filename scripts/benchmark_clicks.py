@@ -19,7 +19,7 @@ Data:
 
 Outputs under ``--out``: ``results.json`` (everything, incl. clicks), ``results.csv`` (one row
 per interaction), ``summary.md`` (per data set and method), ``dice_vs_clicks.png``,
-``metrics.png`` (NoC@90, DSC AUC, NSD, gain per click), and
+``metrics.png`` (NoC@90, DSC AUC, NSD, gain per click, error removed per click), and
 ``overlays/*.png`` (image, clicks, result and reference after 0, 1 and 5 clicks) for the
 first ``--overlays`` cases of each data set.
 
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.benchmark.methods import METHOD_KEYS, Method, build_methods, midepseg_variant  # noqa: E402
-from lib.benchmark.metrics import WORSE_BY, dsc_auc, step_statistics  # noqa: E402
+from lib.benchmark.metrics import WORSE_BY, dsc_auc, error_removed_per_click, step_statistics  # noqa: E402
 from lib.benchmark.protocol import DEFAULT_MAX_CLICKS, NOC_THRESHOLDS, ProtocolResult, run_protocol  # noqa: E402
 
 logger = logging.getLogger("benchmark_clicks")
@@ -233,7 +233,8 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
     lines.append("Dice after the interior margin points (MP), after 1, 5, 10 and all corrective clicks; ASSD and NSD "
                  "(normalised surface Dice, 2 mm) after all clicks; NoC@85/90 = corrective clicks until Dice >= 0.85/0.90 "
                  "(budget when never); DSC AUC = area under Dice over the margin points and 5 clicks (0-5, CVPR 2025 "
-                 "interactive 3D challenge); gain/click = mean Dice change per click; worse = share of clicks that "
+                 "interactive 3D challenge); gain/click = mean Dice change per click; error/click = mean share of the "
+                 "remaining error (1 - Dice) a click removes; worse = share of clicks that "
                  f"lower Dice by more than {WORSE_BY}; latency = mean wall time of the margin-point interaction "
                  "(stage 1) and of a corrective click.")
     lines.append("")
@@ -242,8 +243,8 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
         lines.append(f"## {dataset}")
         lines.append("")
         lines.append(f"| method | n | Dice MP | Dice 1 | Dice 5 | Dice 10 | Dice {cap} (all) | ASSD {cap} | NSD {cap} | NoC@85 | "
-                     "NoC@90 | DSC AUC | gain/click | worse | latency MP (s) | latency/click (s) |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                     "NoC@90 | DSC AUC | gain/click | error/click | worse | latency MP (s) | latency/click (s) |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, rs in methods.items():
             def d(k: int) -> float:
                 return _mean([_after(r["dice"], k) for r in rs]) if k <= cap else float("nan")
@@ -257,7 +258,7 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
                 f"{_mean([r['nsd_final'] for r in rs]):.3f}",
                 f"{np.mean([r['noc85'] for r in rs]):.1f}", f"{np.mean([r['noc90'] for r in rs]):.1f}",
                 f"{np.mean([r['dsc_auc'] for r in rs]):.2f}",
-                f"{gain:.4f}", f"{100 * worse:.1f} %",
+                f"{gain:.4f}", f"{error_removed_per_click([r['dice'] for r in rs]):.3f}", f"{100 * worse:.1f} %",
                 f"{np.mean([r['latency_s'][0] for r in rs]):.2f}",
                 f"{_mean([t for r in rs for t in r['latency_s'][1:]]):.2f}",
             ]
@@ -305,7 +306,7 @@ def plot_dice_curves(records: list[dict], path: Path) -> None:
 
 def plot_metrics(records: list[dict], path: Path) -> None:
     """Per data set (rows) and measure (columns: NoC@90, DSC AUC, final NSD, gain per
-    click): one bar per method."""
+    click, share of the remaining error removed per click): one bar per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,7 +318,8 @@ def plot_metrics(records: list[dict], path: Path) -> None:
     measures = [("NoC@90", lambda rs: np.mean([r["noc90"] for r in rs])),
                 ("DSC AUC (0-5)", lambda rs: np.mean([r["dsc_auc"] for r in rs])),
                 ("final NSD 2 mm", lambda rs: _mean([r["nsd_final"] for r in rs])),
-                ("Dice gain/click", lambda rs: step_statistics([r["dice"] for r in rs])[0])]
+                ("Dice gain/click", lambda rs: step_statistics([r["dice"] for r in rs])[0]),
+                ("error removed/click", lambda rs: error_removed_per_click([r["dice"] for r in rs]))]
     fig, axes = plt.subplots(len(datasets), len(measures), figsize=(4.2 * len(measures), 2.6 * len(datasets)), squeeze=False)
     for row, dataset in enumerate(datasets):
         rs = [r for r in records if r["dataset"] == dataset]

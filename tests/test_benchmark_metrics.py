@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.benchmark.metrics import dsc_auc, normalised_surface_dice, padded_dice, step_statistics
+from lib.benchmark.metrics import dsc_auc, error_removed_per_click, normalised_surface_dice, padded_dice, step_statistics
 from tests.conftest import ellipsoid_mask
 
 
@@ -32,3 +32,13 @@ def test_step_statistics_give_mean_gain_and_the_share_of_clicks_that_hurt():
     assert gain == pytest.approx((0.1 - 0.02 + 0.12 - 0.1) / 4)
     assert worse == pytest.approx(2 / 4)  # -0.02 and -0.1 are worse by more than 0.01
     assert step_statistics([[0.8]]) == (0.0, 0.0)
+
+
+def test_error_removed_per_click_compares_clicks_across_starting_points():
+    """A click from 0.5 to 0.75 and one from 0.96 to 0.98 both remove half the remaining
+    error, though their Dice gains differ tenfold; a click that halves Dice from 0.8 adds
+    twice the error it had; clicks at Dice 1 are left out."""
+    assert error_removed_per_click([[0.5, 0.75], [0.96, 0.98]]) == pytest.approx(0.5)
+    assert error_removed_per_click([[0.8, 0.4]]) == pytest.approx(-2.0)
+    assert error_removed_per_click([[1.0, 1.0, 0.9], [0.6, 0.8]]) == pytest.approx(0.5), "only the click from 0.6 counts"
+    assert error_removed_per_click([[0.7]]) == 0.0

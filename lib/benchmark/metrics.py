@@ -9,8 +9,10 @@ challenge ("Foundation models for interactive 3D biomedical image segmentation")
 * final Dice, and final NSD (normalised surface Dice) at a 2 mm tolerance, after the
   budget of clicks;
 
-and the click statistics of issue 10: the mean Dice gain per click, and the share of
-clicks that lower Dice by more than 0.01.
+and the click statistics of issue 10: the mean Dice gain per click, the mean share of the
+remaining error (1 - Dice) a click removes (a method that starts higher has less to gain: this
+compares clicks across starting points), and the share of clicks that lower Dice by more than
+0.01.
 """
 
 from __future__ import annotations
@@ -67,15 +69,32 @@ def step_statistics(dice_curves: Sequence[Sequence[float]]) -> tuple[float, floa
     return float(steps.mean()), float(np.mean(steps < -WORSE_BY))
 
 
+def error_removed_per_click(dice_curves: Sequence[Sequence[float]]) -> float:
+    """Mean over the clicks of all runs (each a Dice curve, index 0: the margin points) of
+    ``(Dice after - Dice before) / (1 - Dice before)``: the share of the remaining error a click
+    removes (negative when it adds error); clicks made at Dice 1 are left out; 0 when no click
+    counts."""
+    shares = []
+    for curve in dice_curves:
+        d = np.asarray(curve, dtype=np.float64)
+        before, after = d[:-1], d[1:]
+        room = 1.0 - before
+        shares.append(((after - before) / np.where(room > 0, room, 1.0))[room > 0])
+    values = np.concatenate(shares or [np.zeros(0)])
+    return float(values.mean()) if len(values) else 0.0
+
+
 def click_statistics(results, clicks: int) -> dict:
     """Means over runs: Dice after 0/1/3/5/10 clicks (those within ``clicks``), NoC@85/90,
-    DSC AUC, the mean Dice gain per click, the share of clicks that lower Dice by more than
-    0.01, and the mean wall time of a click (s)."""
+    DSC AUC, the mean Dice gain per click, the mean share of the remaining error a click
+    removes, the share of clicks that lower Dice by more than 0.01, and the mean wall time of
+    a click (s)."""
     curves = np.stack([padded_dice(r.dice, clicks) for r in results])
     out = {f"dice{k}": float(curves[:, k].mean()) for k in (0, 1, 3, 5, 10) if k <= clicks}
     out["noc85"] = float(np.mean([r.noc(0.85) for r in results]))
     out["noc90"] = float(np.mean([r.noc(0.90) for r in results]))
     out["dsc_auc"] = float(np.mean([dsc_auc(r.dice) for r in results]))
     out["gain_per_click"], out["worse_fraction"] = step_statistics([r.dice for r in results])
+    out["error_removed_per_click"] = error_removed_per_click([r.dice for r in results])
     out["click_seconds"] = float(np.mean([t for r in results for t in r.latency[1:]] or [0.0]))
     return out
