@@ -301,3 +301,18 @@ def test_litemedsam_answers_from_the_box_alone():
     print(f"LiteMedSAM on 797_HC: Dice {result.dice}")
     assert result.dice[0] > 0.9 and len(set(result.dice)) == 1
     assert dice(elsewhere, ref) < 0.1
+
+
+def test_server_benchmark_pools_the_clicks_of_every_case_of_a_model():
+    """``scripts/benchmark_server.py`` with several ``--hc18-case``: one line per model over the
+    refinement clicks of all its cases (stage-1 requests left out)."""
+    from scripts.benchmark_server import pooled_summary
+
+    rows = {
+        "midepseg_2d": [{"request": "stage 1 (4 margin pts)", "wall": 0.9}]
+        + [{"request": f"click {k} (fg)", "wall": w} for k, w in enumerate([0.01, 0.02, 0.03, 0.04, 0.10], 1)],
+        "midepseg_3d": [{"request": "stage 1 (6 margin pts)", "wall": 1.0}],
+    }
+    text = pooled_summary(rows)
+    assert "midepseg_2d: 5 clicks, median 0.030, p90 0.076, slowest 0.100" in text
+    assert "midepseg_3d" not in text, "a model without clicks has no line"
