@@ -231,12 +231,16 @@ def test_a_request_sets_its_threads_torch_thread_count(tmp_path, conf, expected)
     config.init("midepseg_2d", str(tmp_path), conf, None)
     task = config.infer()
     seen = []
+    process_threads = torch.get_num_threads()
 
     def request() -> None:
         torch.set_num_threads(3)  # whatever the thread had before
-        _, result = task({"image": image_path, "foreground": [[21, 31], [42, 31], [31, 19], [31, 44]], "background": [],
-                          "device": "cpu", "skip_writer": True})
-        seen.append((torch.get_num_threads(), int(np.asarray(result["pred"]).sum())))
+        try:
+            _, result = task({"image": image_path, "foreground": [[21, 31], [42, 31], [31, 19], [31, 44]],
+                              "background": [], "device": "cpu", "skip_writer": True})
+            seen.append((torch.get_num_threads(), int(np.asarray(result["pred"]).sum())))
+        finally:
+            torch.set_num_threads(process_threads)  # the count new threads start with, as before the test
 
     worker = threading.Thread(target=request)
     worker.start()
