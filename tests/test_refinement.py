@@ -164,6 +164,7 @@ def test_refinement_presets_and_options_are_checked():
                          ({"previous": "sideways"}, "previous must be one of"),
                          ({"contest": "coin"}, "contest must be one of"),
                          ({"band_reach": "0"}, "band_reach must be > 0"),
+                         ({"seed_radius": "1"}, r"seed_radius must be in \[0, 1\)"),
                          ({"work_voxels": "3"}, "work_voxels must be at least")):
         config = MIDeepSeg2DConfig()
         config.init("midepseg_2d", str(APP / "model"), bad, None)
@@ -367,3 +368,17 @@ def test_a_band_click_reaches_along_the_boundary(shared_data):
                                    conf={"band_reach": "2"})
     assert dice_after["band"][3] > dice_after["euclidean"][3] + 0.015, dice_after
     assert dice_after["band"][3] > dice_after["band"][0] + 0.02, dice_after
+
+
+def test_a_click_seeds_the_ball_it_sits_in_the_middle_of(shared_data):
+    """``seed_radius`` (selectable, not a default; README, "A click seeds a ball"): a refinement
+    click's hard seed in the graph cut is the ball of ``seed_radius`` times its depth around it.
+    On the unseen right hippocampus of the 3D dev set, the robot's second to fourth clicks
+    (background clicks in a leak) leave the mask as it was with the click's voxel alone as its
+    seed (``seed_radius 0``, the default: Dice 0.763 after each): the fused probability gives
+    way only in a small ball around each click and the graph cut closes it. With the ball of
+    0.9 times the depth as seed, measured with the shipped weights: 0.762 -> 0.773 -> 0.775 -> 0.779."""
+    dice_after = _dice_per_setting(3, "brain structures 3D", "right hippocampus", "seed_radius", ("0.9", "0"), 4)
+    assert abs(dice_after["0"][4] - dice_after["0"][1]) < 0.003, dice_after  # the do-nothing baseline
+    assert dice_after["0.9"][4] - dice_after["0.9"][1] > 0.012, dice_after
+    assert dice_after["0.9"][4] > dice_after["0"][4] + 0.01, dice_after

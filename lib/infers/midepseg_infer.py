@@ -64,7 +64,7 @@ from lib.transforms.cues import check_encoding, cue_map
 from lib.transforms.fusion import SPATIAL_WEIGHT, InformationFusiond, click_distance, spatial_distance, temper_probability
 from lib.transforms.graph_cut import DEFAULT_LAMDA, DEFAULT_SIGMA, GraphCutd, band_graph_cut
 from lib.transforms.monotone_edits import (
-    PREVIOUS, boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, signed_depth,
+    PREVIOUS, ball, boundary_depth, changes_near_clicks, claimed_changes, local_changes, monotone_masks, signed_depth,
 )
 from lib.transforms.refinement_input import refinement_input
 from lib.transforms.stage1 import crop_transforms, cue_transforms
@@ -178,6 +178,11 @@ class RefinementOptions:
         band_reach: with ``spatial_term "band"``, how many times further a click reaches
             along the boundary than across it (2: chosen on the 3D selection set; README, "A
             click's reach along the boundary").
+        seed_radius: when > 0 (and < 1), a refinement click's hard seed in the graph cut is
+            the ball of ``seed_radius`` times its depth (its distance to the previous mask's
+            boundary) around it, not its voxel alone: the ball lies on the click's side of
+            that boundary, in the error region the click was placed in the middle of, and the
+            cut can no longer answer a click deep in a region by a few voxels around it.
         radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
             click's depth (in the previous mask) of a click of their kind
             (:func:`changes_near_clicks`; after ``claims``).
@@ -208,6 +213,7 @@ class RefinementOptions:
     claims: str = "none"
     geodesic_weight: float = 1.0
     radius_limit: float = 0.0
+    seed_radius: float = 0.0
     spatial_term: str = "euclidean"
     band_reach: float = 2.0
     previous: str = "diagonal"
@@ -322,6 +328,8 @@ class MIDeepSegInfer(BasicInferTask):
         for name in ("radius_limit", "reach_limit"):
             if not getattr(self.options, name) >= 0:
                 raise ValueError(f"refinement {name} must be >= 0, got {getattr(self.options, name)!r}")
+        if not 0 <= self.options.seed_radius < 1:
+            raise ValueError(f"refinement seed_radius must be in [0, 1), got {self.options.seed_radius!r}")
         if not self.options.geodesic_weight >= 0:
             raise ValueError(f"refinement geodesic_weight must be >= 0, got {self.options.geodesic_weight!r}")
         if not self.options.band_reach > 0:
@@ -803,7 +811,24 @@ class _Refinement:
             state["pred"] = temper_probability(np.asarray(state["pred"]), self.options.temperature)
             state["distance_fg"], state["distance_bg"] = self._distance_maps(data, fg, bg, previous)
             state = self._fusion(state)
+        if self.options.seed_radius > 0 and previous is not None and len(fg) + len(bg):
+            state["fg_clicks_work"], state["bg_clicks_work"] = self._seed_balls(data, fg, bg, previous)
         return self._graph_cut(state)["pred"][0]
+
+    def _seed_balls(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each kind's hard seeds with ``seed_radius``: the voxels within ``seed_radius``
+        times a click's depth in ``previous`` of it, ``(N, ndim)`` (the clicks included)."""
+        sp = np.asarray(data["work_spacing"], dtype=np.float64)
+        shape = np.shape(previous)
+        reaches = self.options.seed_radius * boundary_depth(previous, np.concatenate([fg, bg]), sp)
+        seeds = []
+        for points, kind_reaches in ((fg, reaches[:len(fg)]), (bg, reaches[len(fg):])):
+            voxels = [points]
+            for point, reach in zip(points, kind_reaches):
+                box, inside = ball(point, reach, sp, shape)
+                voxels.append(np.argwhere(inside) + [b.start for b in box])
+            seeds.append(np.concatenate(voxels).astype(np.int64))
+        return seeds[0], seeds[1]
 
     def _click_map(self, data: dict, point: np.ndarray, depth: float | None, depths: np.ndarray | None = None) -> np.ndarray:
         """One click's distance map: :func:`click_distance` (``depth`` None), else its

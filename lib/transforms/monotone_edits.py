@@ -268,6 +268,17 @@ def local_changes(
     return out
 
 
+def ball(point: np.ndarray, radius: float, spacing: np.ndarray, shape: Sequence[int]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The voxels of a grid of ``shape`` (voxel size ``spacing``) within ``radius`` (physical)
+    of the voxel ``point``: ``(box, inside)``, the slices of the ball's bounding box (clipped
+    to the grid) and a bool array of the box's shape, true inside the ball."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    half = np.floor(radius / sp).astype(np.int64)
+    lo, hi = np.maximum(point - half, 0), np.minimum(point + half + 1, shape)
+    grids = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, point, sp)], indexing="ij", sparse=True)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), sum(g**2 for g in grids) <= radius**2
+
+
 def changes_near_clicks(
     proposal: np.ndarray,
     previous: np.ndarray,
@@ -309,11 +320,8 @@ def changes_near_clicks(
             continue
         near = np.zeros(new.shape, dtype=bool)
         for point, reach in zip(pts, radius * boundary_depth(old, pts, sp)):
-            lo = np.maximum(point - np.floor(reach / sp).astype(np.int64), 0)
-            hi = np.minimum(point + np.floor(reach / sp).astype(np.int64) + 1, new.shape)
-            box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-            grids = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, point, sp)], indexing="ij", sparse=True)
-            near[box] |= sum(g**2 for g in grids) <= reach**2
+            box, inside = ball(point, reach, sp, new.shape)
+            near[box] |= inside
         out[change & near] = value
     return out
 
