@@ -102,6 +102,7 @@ class MIDeepSegConfig(TaskConfig):
             budget_s=float(self.conf.get("request_budget_s", DEFAULT_BUDGET_S)),
             stage1_resolution=self.conf.get("stage1_resolution"),
             ensemble_paths=self.ensemble_paths(),
+            shared_cue=str(self.conf.get("shared_cue", "false")).lower() in ("1", "true", "yes"),
             stage1_sigma=float(self.conf["stage1_sigma"]) if "stage1_sigma" in self.conf else None,
             work_voxels=int(self.conf["work_voxels"]) if "work_voxels" in self.conf else None,
             torch_threads=int(self.conf["torch_threads"]) if "torch_threads" in self.conf else None,

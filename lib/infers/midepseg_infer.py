@@ -282,6 +282,7 @@ class MIDeepSegInfer(BasicInferTask):
         budget_s: float = DEFAULT_BUDGET_S,
         stage1_resolution: str | None = None,
         ensemble_paths: Sequence[str] = (),
+        shared_cue: bool = False,
         stage1_sigma: float | None = None,
         torch_threads: int | None = None,
         **kwargs,
@@ -355,6 +356,7 @@ class MIDeepSegInfer(BasicInferTask):
         if missing:
             raise ValueError(f"stage-1 ensemble: no weights at {', '.join(missing)}")
         self._ensemble = [_EnsembleMember(p, dimension) for p in ensemble_paths]
+        self.shared_cue = bool(shared_cue)
         if torch_threads is None:
             torch_threads = DEFAULT_TORCH_THREADS[dimension] or torch.get_num_threads()
         self.torch_threads = int(torch_threads)
@@ -449,12 +451,12 @@ class MIDeepSegInfer(BasicInferTask):
         if cached is None:
             data["deadline"].check("stage 1")
             grid = self.network_grid(model_path)
-            net_input, crop_box, prob = self._probability(data, self._get_network(device, data), grid, device, timing)
-            for member in self._ensemble:  # the members' mean, on the first network's grid (the same box)
-                network, member_grid = member.network(device)
-                other = self._probability(data, network, member_grid or grid, device, timing)[2]
-                prob = prob + resample(other, grid, "bilinear")
-            prob = prob / (1 + len(self._ensemble))
+            networks = [(self._get_network(device, data), grid)]
+            networks += [(network, member_grid or grid) for network, member_grid in (m.network(device) for m in self._ensemble)]
+            answers = self._ensemble_answers(data, networks, device, timing)
+            net_input, crop_box, _ = answers[0]
+            # the members' mean, on the first network's grid (the same box)
+            prob = sum(resample(answer[2], grid, "bilinear") for answer in answers) / len(answers)
             work_prob = resample(prob, data["work_image"].shape[1:], "bilinear")
             network_box = (crop_box, prob) if self.stage1_resolution == "image" else None
             cached = (work_prob, net_input, network_box)
@@ -465,16 +467,37 @@ class MIDeepSegInfer(BasicInferTask):
         data["device"] = device
         return data
 
+    def _ensemble_answers(self, data: dict, networks: Sequence[tuple[torch.nn.Module, tuple[int, ...]]], device: str,
+                          timing: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`_probability` of every ``(network, grid)``, in the given order. With
+        ``shared_cue`` (``--conf shared_cue true``, not a default) the cue map is computed
+        once, on the smallest grid, and resampled for the others: the 3D EGD on 96 x 96 x 64
+        takes 0.19 s here, on 64 x 64 x 48 0.07 s (README, "One cue for the 3D ensemble")."""
+        order = list(range(len(networks)))
+        if self.shared_cue:
+            order.sort(key=lambda k: int(np.prod(networks[k][1])))
+        answers, cue = {}, None
+        for k in order:
+            network, grid = networks[k]
+            answers[k] = self._probability(data, network, grid, device, timing, cue)
+            if self.shared_cue and cue is None:
+                cue = answers[k][0][1:]
+        return [answers[k] for k in range(len(networks))]
+
     def _probability(self, data: dict, network: torch.nn.Module, grid: tuple[int, ...], device: str,
-                     timing: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     timing: dict, cue: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One stage-1 network on the relaxed box resized to ``grid``: ``(network input
-        (2, *grid), crop box, foreground probability (1, *grid))``; seconds added to
-        ``timing["egd"]`` and ``timing["network"]``."""
+        (2, *grid), crop box, foreground probability (1, *grid))``; ``cue``: a cue map
+        ``(1, *other grid)`` of the same box to resample instead of computing one; seconds
+        added to ``timing["egd"]`` and ``timing["network"]``."""
         start = time.perf_counter()
         crop = Compose(crop_transforms(grid))(
             {"image": data["image"], "margin_points": data["margin_points"], "spacing": data.get("spacing")}
         )
-        net_input = np.asarray(Compose(cue_transforms(self.cue))(crop)["image"], dtype=np.float32)
+        if cue is None:
+            net_input = np.asarray(Compose(cue_transforms(self.cue))(crop)["image"], dtype=np.float32)
+        else:
+            net_input = np.concatenate([np.asarray(crop["image"], dtype=np.float32), resample(cue, grid, "bilinear")])
         timing["egd"] = timing.get("egd", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         x = torch.as_tensor(net_input)[None].to(device)
