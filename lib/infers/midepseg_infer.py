@@ -180,9 +180,10 @@ class RefinementOptions:
             click's reach along the boundary").
         seed_radius: when > 0 (and < 1), a refinement click's hard seed in the graph cut is
             the ball of ``seed_radius`` times its depth (its distance to the previous mask's
-            boundary) around it, not its voxel alone: the ball lies on the click's side of
-            that boundary, in the error region the click was placed in the middle of, and the
-            cut can no longer answer a click deep in a region by a few voxels around it.
+            boundary) around it, not its voxel alone, so the cut can no longer answer a click
+            deep in a region by a few voxels around it. The ball lies on the click's side of
+            that boundary, but crosses the object's true boundary where that runs nearer to
+            the click, which is why it is no default (README, "A click seeds a ball").
         radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
             click's depth (in the previous mask) of a click of their kind
             (:func:`changes_near_clicks`; after ``claims``).
