@@ -182,8 +182,11 @@ class RefinementOptions:
             the ball of ``seed_radius`` times its depth (its distance to the previous mask's
             boundary) around it, not its voxel alone, so the cut can no longer answer a click
             deep in a region by a few voxels around it. The ball lies on the click's side of
-            that boundary, but crosses the object's true boundary where that runs nearer to
-            the click, which is why it is no default (README, "A click seeds a ball").
+            that boundary, but may cross the object's true boundary where that runs nearer to
+            the click (README, "A click seeds a ball").
+        seed_limit: when > 0, the seed ball's radius is at most ``seed_limit`` voxels of the
+            work grid (its finest spacing): a deep click then seeds its neighbourhood, not a
+            ball that reaches a true boundary near it.
         radius_limit: when > 0, a state's changes must lie within ``radius_limit`` times a
             click's depth (in the previous mask) of a click of their kind
             (:func:`changes_near_clicks`; after ``claims``).
@@ -215,6 +218,7 @@ class RefinementOptions:
     geodesic_weight: float = 1.0
     radius_limit: float = 0.0
     seed_radius: float = 0.0
+    seed_limit: float = 0.0
     spatial_term: str = "euclidean"
     band_reach: float = 2.0
     previous: str = "diagonal"
@@ -327,7 +331,7 @@ class MIDeepSegInfer(BasicInferTask):
             raise ValueError(f"refinement previous must be one of {PREVIOUS}, got {self.options.previous!r}")
         if self.options.contest not in CONTESTS:
             raise ValueError(f"refinement contest must be one of {CONTESTS}, got {self.options.contest!r}")
-        for name in ("radius_limit", "reach_limit"):
+        for name in ("radius_limit", "reach_limit", "seed_limit"):
             if not getattr(self.options, name) >= 0:
                 raise ValueError(f"refinement {name} must be >= 0, got {getattr(self.options, name)!r}")
         if not 0 <= self.options.seed_radius < 1:
@@ -841,10 +845,13 @@ class _Refinement:
 
     def _seed_balls(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each kind's hard seeds with ``seed_radius``: the voxels within ``seed_radius``
-        times a click's depth in ``previous`` of it, ``(N, ndim)`` (the clicks included)."""
+        times a click's depth in ``previous`` of it (at most ``seed_limit`` work voxels),
+        ``(N, ndim)`` (the clicks included)."""
         sp = np.asarray(data["work_spacing"], dtype=np.float64)
         shape = np.shape(previous)
         reaches = self.options.seed_radius * boundary_depth(previous, np.concatenate([fg, bg]), sp)
+        if self.options.seed_limit > 0:
+            reaches = np.minimum(reaches, self.options.seed_limit * float(sp.min()))
         seeds = []
         for points, kind_reaches in ((fg, reaches[:len(fg)]), (bg, reaches[len(fg):])):
             voxels = [points]
