@@ -6,6 +6,7 @@ import logging
 import os
 
 from monailabel.interfaces.config import TaskConfig
+from monailabel.utils.others.generic import strtobool
 
 from lib.infers.budget import DEFAULT_BUDGET_S
 from lib.infers.midepseg_infer import DEFAULT_REFINEMENT, MIDeepSegInfer, RefinementOptions
@@ -24,7 +25,7 @@ def refinement_options(conf: dict) -> dict:
             continue
         value = conf[name]
         if field.type in (bool, "bool"):
-            out[name] = str(value).lower() in ("1", "true", "yes")
+            out[name] = strtobool(str(value))
         elif field.type in (float, "float"):
             out[name] = float(value)
         else:
@@ -102,7 +103,7 @@ class MIDeepSegConfig(TaskConfig):
             budget_s=float(self.conf.get("request_budget_s", DEFAULT_BUDGET_S)),
             stage1_resolution=self.conf.get("stage1_resolution"),
             ensemble_paths=self.ensemble_paths(),
-            shared_cue=str(self.conf.get("shared_cue", "false")).lower() in ("1", "true", "yes"),
+            shared_cue=strtobool(str(self.conf.get("shared_cue", "false"))),
             stage1_sigma=float(self.conf["stage1_sigma"]) if "stage1_sigma" in self.conf else None,
             work_voxels=int(self.conf["work_voxels"]) if "work_voxels" in self.conf else None,
             torch_threads=int(self.conf["torch_threads"]) if "torch_threads" in self.conf else None,

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.benchmark.methods import METHOD_KEYS, Method, build_methods, midepseg_variant  # noqa: E402
-from lib.benchmark.metrics import WORSE_BY, dsc_auc, error_removed_per_click, step_statistics  # noqa: E402
+from lib.benchmark.metrics import UNCHANGED_BELOW, WORSE_BY, dsc_auc, error_removed_per_click, step_statistics, unchanged_share  # noqa: E402
 from lib.benchmark.protocol import DEFAULT_MAX_CLICKS, NOC_THRESHOLDS, ProtocolResult, run_protocol  # noqa: E402
 
 logger = logging.getLogger("benchmark_clicks")
@@ -235,7 +235,8 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
                  "(budget when never); DSC AUC = area under Dice over the margin points and 5 clicks (0-5, CVPR 2025 "
                  "interactive 3D challenge); gain/click = mean Dice change per click; error/click = mean share of the "
                  "remaining error (1 - Dice) a click removes; worse = share of clicks that "
-                 f"lower Dice by more than {WORSE_BY}; latency = mean wall time of the margin-point interaction "
+                 f"lower Dice by more than {WORSE_BY}; unchanged = share of clicks that change Dice by less than "
+                 f"{UNCHANGED_BELOW}; latency = mean wall time of the margin-point interaction "
                  "(stage 1) and of a corrective click.")
     lines.append("")
     for dataset, methods in by_dataset.items():
@@ -243,8 +244,8 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
         lines.append(f"## {dataset}")
         lines.append("")
         lines.append(f"| method | n | Dice MP | Dice 1 | Dice 5 | Dice 10 | Dice {cap} (all) | ASSD {cap} | NSD {cap} | NoC@85 | "
-                     "NoC@90 | DSC AUC | gain/click | error/click | worse | latency MP (s) | latency/click (s) |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                     "NoC@90 | DSC AUC | gain/click | error/click | worse | unchanged | latency MP (s) | latency/click (s) |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, rs in methods.items():
             def d(k: int) -> float:
                 return _mean([_after(r["dice"], k) for r in rs]) if k <= cap else float("nan")
@@ -259,6 +260,7 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
                 f"{np.mean([r['noc85'] for r in rs]):.1f}", f"{np.mean([r['noc90'] for r in rs]):.1f}",
                 f"{np.mean([r['dsc_auc'] for r in rs]):.2f}",
                 f"{gain:.4f}", f"{error_removed_per_click([r['dice'] for r in rs]):.3f}", f"{100 * worse:.1f} %",
+                f"{100 * unchanged_share([r['dice'] for r in rs]):.1f} %",
                 f"{np.mean([r['latency_s'][0] for r in rs]):.2f}",
                 f"{_mean([t for r in rs for t in r['latency_s'][1:]]):.2f}",
             ]

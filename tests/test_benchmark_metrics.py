@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.benchmark.metrics import dsc_auc, error_removed_per_click, normalised_surface_dice, padded_dice, step_statistics
+from lib.benchmark.metrics import (
+    dsc_auc, error_removed_per_click, normalised_surface_dice, padded_dice, step_statistics, unchanged_share,
+)
 from tests.conftest import ellipsoid_mask
 
 
@@ -42,3 +44,10 @@ def test_error_removed_per_click_compares_clicks_across_starting_points():
     assert error_removed_per_click([[0.8, 0.4]]) == pytest.approx(-2.0)
     assert error_removed_per_click([[1.0, 1.0, 0.9], [0.6, 0.8]]) == pytest.approx(0.5), "only the click from 0.6 counts"
     assert error_removed_per_click([[0.7]]) == 0.0
+
+
+def test_unchanged_share_counts_the_clicks_that_do_nothing_either_way():
+    """Issue 10's complaint, as a number: clicks that move Dice by less than 0.0001, up or down."""
+    assert unchanged_share([[0.8, 0.80005, 0.9, 0.89995], [0.5, 0.5]]) == pytest.approx(0.75)
+    assert unchanged_share([[0.8, 0.81, 0.79]]) == 0.0
+    assert unchanged_share([[0.8]]) == 0.0

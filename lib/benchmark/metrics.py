@@ -11,8 +11,9 @@ challenge ("Foundation models for interactive 3D biomedical image segmentation")
 
 and the click statistics of issue 10: the mean Dice gain per click, the mean share of the
 remaining error (1 - Dice) a click removes (a method that starts higher has less to gain: this
-compares clicks across starting points), and the share of clicks that lower Dice by more than
-0.01.
+compares clicks across starting points), the share of clicks that lower Dice by more than
+0.01, and the share of clicks that change Dice by less than 0.0001 (issue 10's complaint:
+"mostly nothing happens").
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 AUC_CLICKS = 5
 NSD_TOLERANCE_MM = 2.0
 WORSE_BY = 0.01
+UNCHANGED_BELOW = 1e-4  # a click that moves Dice by less than this changed (almost) nothing
 
 
 def padded_dice(dices: Sequence[float], clicks: int) -> np.ndarray:
@@ -69,6 +71,13 @@ def step_statistics(dice_curves: Sequence[Sequence[float]]) -> tuple[float, floa
     return float(steps.mean()), float(np.mean(steps < -WORSE_BY))
 
 
+def unchanged_share(dice_curves: Sequence[Sequence[float]], below: float = UNCHANGED_BELOW) -> float:
+    """Share of all runs' clicks (each run a Dice curve, index 0: the margin points) that change
+    Dice by less than ``below`` either way; 0 when no click was made."""
+    steps = np.concatenate([np.diff(np.asarray(d, dtype=np.float64)) for d in dice_curves] or [np.zeros(0)])
+    return float(np.mean(np.abs(steps) < below)) if len(steps) else 0.0
+
+
 def error_removed_per_click(dice_curves: Sequence[Sequence[float]]) -> float:
     """Mean over the clicks of all runs (each a Dice curve, index 0: the margin points) of
     ``(Dice after - Dice before) / (1 - Dice before)``: the share of the remaining error a click
@@ -87,8 +96,8 @@ def error_removed_per_click(dice_curves: Sequence[Sequence[float]]) -> float:
 def click_statistics(results, clicks: int) -> dict:
     """Means over runs: Dice after 0/1/3/5/10 clicks (those within ``clicks``), NoC@85/90,
     DSC AUC, the mean Dice gain per click, the mean share of the remaining error a click
-    removes, the share of clicks that lower Dice by more than 0.01, and the mean wall time of
-    a click (s)."""
+    removes, the share of clicks that lower Dice by more than 0.01, the share that change it by
+    less than 0.0001, and the mean wall time of a click (s)."""
     curves = np.stack([padded_dice(r.dice, clicks) for r in results])
     out = {f"dice{k}": float(curves[:, k].mean()) for k in (0, 1, 3, 5, 10) if k <= clicks}
     out["noc85"] = float(np.mean([r.noc(0.85) for r in results]))
@@ -96,5 +105,6 @@ def click_statistics(results, clicks: int) -> dict:
     out["dsc_auc"] = float(np.mean([dsc_auc(r.dice) for r in results]))
     out["gain_per_click"], out["worse_fraction"] = step_statistics([r.dice for r in results])
     out["error_removed_per_click"] = error_removed_per_click([r.dice for r in results])
+    out["unchanged_fraction"] = unchanged_share([r.dice for r in results])
     out["click_seconds"] = float(np.mean([t for r in results for t in r.latency[1:]] or [0.0]))
     return out

@@ -486,7 +486,7 @@ class MIDeepSegInfer(BasicInferTask):
             network, grid = networks[k]
             answers[k] = self._probability(data, network, grid, device, timing, cue)
             if self.shared_cue and cue is None:
-                cue = answers[k][0][1:]
+                cue = answers[k][0][-1:]  # the network input's last channel is the cue
         return [answers[k] for k in range(len(networks))]
 
     def _probability(self, data: dict, network: torch.nn.Module, grid: tuple[int, ...], device: str,
@@ -835,21 +835,25 @@ class _Refinement:
         if probability is not None:
             state["pred"] = probability[None]
         fuse = self.options.proposal != "gc" if fuse is None else fuse
+        seeded = self.options.seed_radius > 0 and previous is not None
+        depths = None  # the clicks' depths in ``previous``, foreground first, when an option needs them
+        if len(fg) + len(bg) and ((fuse and self.options.depth_reach) or seeded):
+            depths = boundary_depth(previous, np.concatenate([fg, bg]), data["work_spacing"])
         if fuse and len(fg) + len(bg):
             state["pred"] = temper_probability(np.asarray(state["pred"]), self.options.temperature)
-            state["distance_fg"], state["distance_bg"] = self._distance_maps(data, fg, bg, previous)
+            state["distance_fg"], state["distance_bg"] = self._distance_maps(data, fg, bg, previous, depths)
             state = self._fusion(state)
-        if self.options.seed_radius > 0 and previous is not None and len(fg) + len(bg):
-            state["fg_clicks_work"], state["bg_clicks_work"] = self._seed_balls(data, fg, bg, previous)
+        if seeded and depths is not None:
+            state["fg_clicks_work"], state["bg_clicks_work"] = self._seed_balls(data, fg, bg, depths, np.shape(previous))
         return self._graph_cut(state)["pred"][0]
 
-    def _seed_balls(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each kind's hard seeds with ``seed_radius``: the voxels within ``seed_radius``
-        times a click's depth in ``previous`` of it (at most ``seed_limit`` work voxels),
-        ``(N, ndim)`` (the clicks included)."""
+    def _seed_balls(self, data: dict, fg: np.ndarray, bg: np.ndarray, depths: np.ndarray,
+                    shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Each kind's hard seeds with ``seed_radius``: the voxels of the work grid (``shape``)
+        within ``seed_radius`` times a click's depth (``depths``, foreground clicks first) of
+        it, at most ``seed_limit`` work voxels, ``(N, ndim)`` (the clicks included)."""
         sp = np.asarray(data["work_spacing"], dtype=np.float64)
-        shape = np.shape(previous)
-        reaches = self.options.seed_radius * boundary_depth(previous, np.concatenate([fg, bg]), sp)
+        reaches = self.options.seed_radius * np.asarray(depths)
         if self.options.seed_limit > 0:
             reaches = np.minimum(reaches, self.options.seed_limit * float(sp.min()))
         seeds = []
@@ -890,16 +894,19 @@ class _Refinement:
             self._euclid.put(key, euclid)
         return euclid
 
-    def _distance_maps(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray) -> tuple:
+    def _distance_maps(self, data: dict, fg: np.ndarray, bg: np.ndarray, previous: np.ndarray,
+                       depths: np.ndarray | None = None) -> tuple:
         """``(D^f, D^b)`` of one state's clicks with the options' seed sets (with the paper's
-        options exactly :func:`lib.transforms.fusion.click_distances`)."""
+        options exactly :func:`lib.transforms.fusion.click_distances`); ``depths``: the clicks'
+        :func:`boundary_depth` in ``previous`` (foreground first), when already measured."""
         margin = data["margin_points_work"]
         fg_maps, bg_maps = [], []
         along = None
         if self.options.depth_reach and self.options.spatial_term != "euclidean" and len(fg) + len(bg):
             along = signed_depth(previous, data["work_spacing"])
-        depths = [None] * (len(fg) + len(bg))
-        if self.options.depth_reach:  # both kinds in one pass over the boundary
+        if not self.options.depth_reach:
+            depths = [None] * (len(fg) + len(bg))
+        elif depths is None:  # both kinds in one pass over the boundary
             depths = boundary_depth(previous, np.concatenate([fg, bg]), data["work_spacing"])
         for points, maps, click_depths in ((fg, fg_maps, depths[:len(fg)]), (bg, bg_maps, depths[len(fg):])):
             maps.extend(self._click_map(data, p, d, along) for p, d in zip(points, click_depths))
