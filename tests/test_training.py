@@ -20,6 +20,7 @@ from lib.metrics import dice
 from lib.trainers.midepseg_train import CPUAutocastInferer, MIDeepSegTrain, group_partition, halving_schedule
 from lib.trainers.train_cli import main as train_main
 from lib.transforms.margin_points import extreme_margin_points
+from scripts.interpolate_weights import interpolate_state
 from scripts.make_training_mix import copy_spec, link
 from tests.conftest import stage1_mask
 
@@ -79,6 +80,22 @@ def test_training_mix_copies_rare_types_within_their_subject(tmp_path):
         assert len({n in val_names for n in names if n.startswith("pat")}) == 1, (seed, val_names)
     with pytest.raises(argparse.ArgumentTypeError, match="PREFIX=N"):
         copy_spec("pat=0")
+
+
+def test_interpolated_weights_lie_on_the_line_between_the_two_files():
+    base = {"w": torch.tensor([0.0, 2.0], dtype=torch.bfloat16), "n": torch.tensor(3)}
+    tuned = {"w": torch.tensor([4.0, -2.0], dtype=torch.bfloat16), "n": torch.tensor(5)}
+    assert torch.equal(interpolate_state(base, tuned, 0.0)["w"], base["w"])
+    assert torch.equal(interpolate_state(base, tuned, 1.0)["w"], tuned["w"])
+    mid = interpolate_state(base, tuned, 0.25)
+    assert mid["w"].dtype == torch.bfloat16 and mid["w"].tolist() == [1.0, 1.0]
+    assert mid["n"].item() == 5
+    with pytest.raises(ValueError, match="keys"):
+        interpolate_state(base, {"w": tuned["w"]}, 0.5)
+    with pytest.raises(ValueError, match="shapes"):
+        interpolate_state(base, {"w": torch.zeros(3), "n": tuned["n"]}, 0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        interpolate_state(base, tuned, 1.5)
 
 
 def test_short_cpu_training_lowers_loss_and_publishes_loadable_weights(tmp_path):
@@ -151,8 +168,9 @@ def test_shipped_2d_weights_on_held_out_hc18(shared_data, name):
 
 
 def test_shipped_3d_weights_on_held_out_tumour(shared_data):
-    """Tumour core of the held-out BraTS case (pat0005, never trained on): 0.606 in the model
-    card; the bound leaves room for CPU/BLAS and precision (bfloat16/float32) jitter."""
+    """Tumour core of the held-out BraTS case (pat0005, never trained on): 0.679 with the
+    shipped stage-1 pair (model card; 0.606 for ``midepseg_3d.pt`` alone); the bound leaves
+    room for CPU/BLAS and precision (bfloat16/float32) jitter."""
     case = shared_data / "brats" / "brats_2013_pat0005_1"
     label = np.isin(np.asarray(LoadImage(image_only=True)(str(case / "OTMultiClass.nii.gz"))), (1, 3, 4))
     value = _stage1_dice(MIDeepSeg3DConfig, "midepseg_3d", str(case / "T1c_subtrMeanDivStd.nii.gz"), label)
@@ -161,11 +179,26 @@ def test_shipped_3d_weights_on_held_out_tumour(shared_data):
 
 @pytest.mark.parametrize("image, bound", [("abdomen_ct.nii.gz", 0.75), ("brain_t1.nii.gz", 0.65)])
 def test_shipped_3d_weights_on_unseen_objects(image, bound):
-    """Objects no training set contained (the spleen in CT, 0.84 in the model card; the left
-    lateral ventricle in T1 MRI, 0.74), from the sample study shipped in the repo."""
+    """Objects no training set contained (the spleen and the left lateral ventricle of the
+    sample study shipped in the repo; in the dev sets, from the same sources, the shipped
+    pair reaches 0.93 on the spleen and 0.86 on the left lateral ventricle, model card)."""
     label = np.asarray(LoadImage(image_only=True)(str(SAMPLE_REFERENCES / image))) > 0
     dice_value = _stage1_dice(MIDeepSeg3DConfig, "midepseg_3d", str(SAMPLE_STUDY / image), label)
     assert dice_value > bound, dice_value
+
+
+# 3D, one case per type held out of every 3D mix (issue 13): the first left-atrium volume (the
+# selection set's, never trained on) and the spleen CT (a type no mix holds). Stage-1 Dice of
+# the shipped pair (`evaluate_generalisation.py --dims 3 --folder runs/data/select3d`, session
+# 24): 0.760 and 0.913; bounds 0.05 below.
+@pytest.mark.parametrize("image, label, bound", [
+    ("la_mri/06SR5RBREL16DQ6M8LWS/image.nii.gz", "la_mri/06SR5RBREL16DQ6M8LWS/label.nii.gz", 0.71),
+    ("spleen_ct/ct.nii.gz", "spleen_ct/label.nii.gz", 0.86),
+])
+def test_shipped_3d_weights_on_held_out_types(shared_data, image, label, bound):
+    reference = np.asarray(LoadImage(image_only=True)(str(shared_data / label))) >= 0.5
+    value = _stage1_dice(MIDeepSeg3DConfig, "midepseg_3d", str(shared_data / image), reference)
+    assert value > bound, value
 
 
 def _largest_slice_case(volume: Path, label_file: Path) -> tuple[str, np.ndarray, np.ndarray, dict]:
