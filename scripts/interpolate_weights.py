@@ -1,6 +1,6 @@
 """Interpolate two weights files of the same network (a model "soup", as in WiSE-FT): every
 floating-point tensor becomes ``(1 - alpha) * base + alpha * tuned``; the other entries of the
-file (the stored input grid) are the base file's, and must agree between the two.
+files (the stored input grid) are carried over, and must agree where both files hold them.
 
 Meant for a fine-tune and the weights it started from: the straight line between them stays
 in one basin of the loss, and a point on it can keep what the base knew (a held-out type it
@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lib.trainers.handlers import save_atomic  # noqa: E402
 
 logger = logging.getLogger("interpolate_weights")
 
@@ -35,10 +41,26 @@ def interpolate_state(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tens
         if a.shape != b.shape:
             raise ValueError(f"{key}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
         if a.is_floating_point():
-            out[key] = ((1.0 - alpha) * a.float() + alpha * b.float()).to(a.dtype)
+            out[key] = torch.lerp(a.float(), b.float(), alpha).to(a.dtype)
         else:
             out[key] = b.clone()
     return out
+
+
+def interpolate_files(base_path: Path, tuned_path: Path, alpha: float, out: Path) -> None:
+    """Write the interpolation of two weights files (``{"model": state_dict, ...}``) to
+    ``out`` atomically; entries other than ``"model"`` are carried over from either file and
+    must agree where both hold them."""
+    base = torch.load(base_path, map_location="cpu", weights_only=True)
+    tuned = torch.load(tuned_path, map_location="cpu", weights_only=True)
+    extras = {k: v for k, v in tuned.items() if k != "model"}
+    for key, value in base.items():
+        if key == "model":
+            continue
+        if key in extras and extras[key] != value:
+            raise ValueError(f"{key} differs: {value} in {base_path}, {extras[key]} in {tuned_path}")
+        extras[key] = value
+    save_atomic({"model": interpolate_state(base["model"], tuned["model"], alpha), **extras}, out)
 
 
 def main() -> None:
@@ -49,15 +71,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    base = torch.load(args.base, map_location="cpu", weights_only=True)
-    tuned = torch.load(args.tuned, map_location="cpu", weights_only=True)
-    extras = {k: v for k, v in base.items() if k != "model"}
-    for key, value in extras.items():
-        if key in tuned and tuned[key] != value:
-            raise SystemExit(f"{key} differs: {value} in {args.base}, {tuned[key]} in {args.tuned}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": interpolate_state(base["model"], tuned["model"], args.alpha), **extras}, args.out)
+    interpolate_files(args.base, args.tuned, args.alpha, args.out)
     logger.info("wrote %s: %.2f x %s + %.2f x %s", args.out, 1 - args.alpha, args.base, args.alpha, args.tuned)
 
 

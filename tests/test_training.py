@@ -20,7 +20,7 @@ from lib.metrics import dice
 from lib.trainers.midepseg_train import CPUAutocastInferer, MIDeepSegTrain, group_partition, halving_schedule
 from lib.trainers.train_cli import main as train_main
 from lib.transforms.margin_points import extreme_margin_points
-from scripts.interpolate_weights import interpolate_state
+from scripts.interpolate_weights import interpolate_files, interpolate_state
 from scripts.make_training_mix import copy_spec, link
 from tests.conftest import stage1_mask
 
@@ -96,6 +96,20 @@ def test_interpolated_weights_lie_on_the_line_between_the_two_files():
         interpolate_state(base, {"w": torch.zeros(3), "n": tuned["n"]}, 0.5)
     with pytest.raises(ValueError, match="alpha"):
         interpolate_state(base, tuned, 1.5)
+
+
+def test_interpolated_file_keeps_the_stored_grid_and_refuses_two_grids(tmp_path):
+    """The shipped 2D file stores no grid, its fine-tune does: the result keeps the grid the
+    infer task must run the network on; two different grids are an error, not a silent pick."""
+    state = {"w": torch.ones(2)}
+    torch.save({"model": state}, tmp_path / "base.pt")
+    torch.save({"model": {"w": torch.zeros(2)}, "grid": [64, 64]}, tmp_path / "tuned.pt")
+    interpolate_files(tmp_path / "base.pt", tmp_path / "tuned.pt", 0.5, tmp_path / "out.pt")
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert out["grid"] == [64, 64] and out["model"]["w"].tolist() == [0.5, 0.5]
+    torch.save({"model": state, "grid": [96, 96]}, tmp_path / "base.pt")
+    with pytest.raises(ValueError, match="grid differs"):
+        interpolate_files(tmp_path / "base.pt", tmp_path / "tuned.pt", 0.5, tmp_path / "out.pt")
 
 
 def test_short_cpu_training_lowers_loss_and_publishes_loadable_weights(tmp_path):
