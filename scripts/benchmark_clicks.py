@@ -19,7 +19,8 @@ Data:
 
 Outputs under ``--out``: ``results.json`` (everything, incl. clicks), ``results.csv`` (one row
 per interaction), ``summary.md`` (per data set and method), ``dice_vs_clicks.png``,
-``metrics.png`` (NoC@90, DSC AUC, NSD, gain per click, error removed per click), and
+``metrics.png`` (NoC@90, DSC AUC, NSD, gain per click, error removed per click, share of the
+pointed error region fixed), and
 ``overlays/*.png`` (image, clicks, result and reference after 0, 1 and 5 clicks) for the
 first ``--overlays`` cases of each data set.
 
@@ -44,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.benchmark.methods import METHOD_KEYS, Method, build_methods, midepseg_variant  # noqa: E402
-from lib.benchmark.metrics import UNCHANGED_BELOW, WORSE_BY, dsc_auc, error_removed_per_click, step_statistics, unchanged_share  # noqa: E402
+from lib.benchmark.metrics import (UNCHANGED_BELOW, WORSE_BY, dsc_auc, error_removed_per_click, mean_fixed_share,  # noqa: E402
+                                   step_statistics, unchanged_share)
 from lib.benchmark.protocol import DEFAULT_MAX_CLICKS, NOC_THRESHOLDS, ProtocolResult, run_protocol  # noqa: E402
 
 logger = logging.getLogger("benchmark_clicks")
@@ -190,6 +192,7 @@ def make_record(case: dict, method: Method, result: ProtocolResult, shape, spaci
         "margin_points": result.margin_points.tolist(),
         "clicks": result.clicks,
         "dice": [round(d, 4) for d in result.dice],
+        "fixed": [None if not np.isfinite(f) else round(f, 4) for f in result.fixed],
         "assd": [_finite(a) for a in result.assd],
         "latency_s": [round(t, 4) for t in result.latency],
         "max_clicks": result.max_clicks,
@@ -236,7 +239,9 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
                  "interactive 3D challenge); gain/click = mean Dice change per click; error/click = mean share of the "
                  "remaining error (1 - Dice) a click removes; worse = share of clicks that "
                  f"lower Dice by more than {WORSE_BY}; unchanged = share of clicks that change Dice by less than "
-                 f"{UNCHANGED_BELOW}; latency = mean wall time of the margin-point interaction "
+                 f"{UNCHANGED_BELOW}; fixed = mean share of the error region a click points at (the connected "
+                 "component of the error of its kind that holds it) that the result after it labels right; "
+                 "latency = mean wall time of the margin-point interaction "
                  "(stage 1) and of a corrective click.")
     lines.append("")
     for dataset, methods in by_dataset.items():
@@ -244,8 +249,8 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
         lines.append(f"## {dataset}")
         lines.append("")
         lines.append(f"| method | n | Dice MP | Dice 1 | Dice 5 | Dice 10 | Dice {cap} (all) | ASSD {cap} | NSD {cap} | NoC@85 | "
-                     "NoC@90 | DSC AUC | gain/click | error/click | worse | unchanged | latency MP (s) | latency/click (s) |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                     "NoC@90 | DSC AUC | gain/click | error/click | worse | unchanged | fixed | latency MP (s) | latency/click (s) |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, rs in methods.items():
             def d(k: int) -> float:
                 return _mean([_after(r["dice"], k) for r in rs]) if k <= cap else float("nan")
@@ -261,6 +266,7 @@ def summary_markdown(records: list[dict], unavailable: dict[str, str]) -> str:
                 f"{np.mean([r['dsc_auc'] for r in rs]):.2f}",
                 f"{gain:.4f}", f"{error_removed_per_click([r['dice'] for r in rs]):.3f}", f"{100 * worse:.1f} %",
                 f"{100 * unchanged_share([r['dice'] for r in rs]):.1f} %",
+                f"{100 * mean_fixed_share([r.get('fixed', []) for r in rs]):.1f} %",
                 f"{np.mean([r['latency_s'][0] for r in rs]):.2f}",
                 f"{_mean([t for r in rs for t in r['latency_s'][1:]]):.2f}",
             ]
@@ -308,7 +314,8 @@ def plot_dice_curves(records: list[dict], path: Path) -> None:
 
 def plot_metrics(records: list[dict], path: Path) -> None:
     """Per data set (rows) and measure (columns: NoC@90, DSC AUC, final NSD, gain per
-    click, share of the remaining error removed per click): one bar per method."""
+    click, share of the remaining error removed per click, share of the pointed error region
+    fixed per click): one bar per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -321,7 +328,8 @@ def plot_metrics(records: list[dict], path: Path) -> None:
                 ("DSC AUC (0-5)", lambda rs: np.mean([r["dsc_auc"] for r in rs])),
                 ("final NSD 2 mm", lambda rs: _mean([r["nsd_final"] for r in rs])),
                 ("Dice gain/click", lambda rs: step_statistics([r["dice"] for r in rs])[0]),
-                ("error removed/click", lambda rs: error_removed_per_click([r["dice"] for r in rs]))]
+                ("error removed/click", lambda rs: error_removed_per_click([r["dice"] for r in rs])),
+                ("share of the pointed error fixed", lambda rs: mean_fixed_share([r.get("fixed", []) for r in rs]))]
     fig, axes = plt.subplots(len(datasets), len(measures), figsize=(4.2 * len(measures), 2.6 * len(datasets)), squeeze=False)
     for row, dataset in enumerate(datasets):
         rs = [r for r in records if r["dataset"] == dataset]

@@ -2,8 +2,10 @@
 --preset shared`` whose data set or case name contains ``--case``, replay the robot (margin
 points, then the centre of the largest error region) and print, per click, its kind, its depth
 in the previous mask, the voxels it removed or added, how many of them lie in the reference,
-how far the farthest lies from the click, and the Dice before and after. Also the stage-1
-network probability (ensemble mean) inside and outside the reference.
+how far the farthest lies from the click, the error region it points at (the connected
+component of the previous mask's error of the click's kind that holds it) and the share of
+that region it fixed, and the Dice before and after. Also the stage-1 network probability
+(ensemble mean) inside and outside the reference.
 
 Used to compare two networks on the same refinement settings (README, "Session 24: a 3D
 ensemble member that is better at stage 1"):
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.benchmark.methods import MIDeepSegMethod  # noqa: E402
+from lib.benchmark.metrics import pointed_error_region  # noqa: E402
 from lib.benchmark.protocol import robot_click  # noqa: E402
 from lib.metrics import dice  # noqa: E402
 from lib.transforms.crop import resample  # noqa: E402
@@ -60,12 +63,14 @@ def probe(method: MIDeepSegMethod, image, ref, spacing, clicks: int) -> None:
         fg, bg = (np.r_[fg, point[None]], bg) if is_fg else (fg, np.r_[bg, point[None]])
         new = np.asarray(method.request_data(image, spacing, margin, fg, bg)["pred"]) > 0
         changed = new != mask
+        region = pointed_error_region(mask, ref, point, is_fg)
         seed = np.ones(ref.shape, bool)
         seed[tuple(point)] = False
         far = float(ndimage.distance_transform_edt(seed, sampling=spacing)[changed].max()) if changed.any() else 0.0
         print(f"  click {k + 1} {'fg' if is_fg else 'bg'} at {point.tolist()} depth {depth:.1f} mm: "
               f"{'added' if is_fg else 'removed'} {int(changed.sum())}, {int((changed & ref).sum())} of them in the "
-              f"reference, farthest {far:.1f} mm; Dice {dice(mask, ref):.4f} -> {dice(new, ref):.4f}")
+              f"reference, farthest {far:.1f} mm; fixed {int((changed & region).sum())} of the {int(region.sum())} "
+              f"voxels of its error region; Dice {dice(mask, ref):.4f} -> {dice(new, ref):.4f}")
         mask = new
 
 

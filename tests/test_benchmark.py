@@ -13,6 +13,7 @@ import torch
 from scipy import ndimage
 
 from lib.benchmark.methods import BoxWorkspace, GrabCutMethod, Method, build_methods
+from lib.benchmark.metrics import pointed_error_region
 from lib.benchmark.protocol import number_of_clicks, run_protocol
 from lib.metrics import dice
 from lib.networks import midepseg_unet
@@ -109,6 +110,38 @@ def test_robot_clicks_largest_error_region_and_never_repeats():
         assert any(region[point] and is_fg == click["foreground"] for region, is_fg in regions), f"click {k + 1} at {point}"
         clicked.append(point)
     assert len(result.dice) == len(result.assd) == len(result.latency) == 13
+
+
+def test_protocol_records_the_share_of_the_pointed_error_region_each_click_fixes():
+    """A method that ignores the clicks fixes 0 of what each click points at; one that corrects
+    exactly the clicked error component (and nothing else) fixes all of it."""
+    ref = _ellipse_2d()
+    wrong = np.roll(ref, 6, axis=1)
+    wrong[2:8, 2:8] = True
+
+    class _RegionFixer(Method):
+        """Corrects the error component that each new click lies in, in the mask it gave last."""
+
+        key = name = "region fixer"
+
+        def __init__(self) -> None:
+            self.mask, self.seen = wrong.copy(), set()
+
+        def segment(self, image, spacing, margin_points, foreground, background):
+            for points, is_fg in ((foreground, True), (background, False)):
+                for point in map(tuple, points):
+                    if point not in self.seen:
+                        self.seen.add(point)
+                        region = pointed_error_region(self.mask, ref, point, is_fg)
+                        self.mask[region] = ref[region]
+            return self.mask.astype(np.uint8)
+
+    fixer = _RegionFixer()
+    fixed = run_protocol(fixer, _image(ref), ref, (1.0, 1.0), max_clicks=3)
+    stubborn = run_protocol(_Stubborn(wrong), _image(ref), ref, (1.0, 1.0), max_clicks=3)
+    assert len(fixed.fixed) == len(fixed.clicks) == 3 and fixed.fixed == [1.0, 1.0, 1.0]
+    assert len(stubborn.fixed) == 3 and stubborn.fixed == [0.0, 0.0, 0.0]
+    assert fixed.dice[-1] > stubborn.dice[-1]
 
 
 def test_protocol_with_a_real_method_records_every_interaction():

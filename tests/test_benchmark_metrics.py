@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lib.benchmark.metrics import (
-    dsc_auc, error_removed_per_click, normalised_surface_dice, padded_dice, step_statistics, unchanged_share,
+    dsc_auc, error_removed_per_click, fixed_share, mean_fixed_share, normalised_surface_dice, padded_dice,
+    pointed_error_region, step_statistics, unchanged_share,
 )
 from tests.conftest import ellipsoid_mask
 
@@ -51,3 +52,28 @@ def test_unchanged_share_counts_the_clicks_that_do_nothing_either_way():
     assert unchanged_share([[0.8, 0.80005, 0.9, 0.89995], [0.5, 0.5]]) == pytest.approx(0.75)
     assert unchanged_share([[0.8, 0.81, 0.79]]) == 0.0
     assert unchanged_share([[0.8]]) == 0.0
+
+
+def test_pointed_error_region_is_the_clicked_component_of_the_clicks_kind():
+    ref = np.zeros((20, 20), bool)
+    ref[5:15, 5:15] = True
+    mask = ref.copy()
+    mask[5:15, 5:7] = False  # a missed strip on the left
+    mask[5:7, 12:15] = False  # a missed corner, a separate component
+    mask[16:19, 8:12] = True  # a leak below
+    region = pointed_error_region(mask, ref, (10, 5), foreground=True)
+    assert region.sum() == 20 and region[5:15, 5:7].all() and not region[5:7, 12:15].any()
+    assert pointed_error_region(mask, ref, (17, 9), foreground=False).sum() == 12
+    # a click of the other kind, or off the error, points at nothing
+    assert not pointed_error_region(mask, ref, (17, 9), foreground=True).any()
+    assert not pointed_error_region(mask, ref, (10, 10), foreground=True).any()
+    # fixed share: nothing done 0, the strip fixed 1, half of it 0.5
+    after = mask.copy()
+    assert fixed_share(region, after, ref) == 0.0
+    after[5:15, 5:7] = True
+    assert fixed_share(region, after, ref) == 1.0
+    after[5:15, 5] = False
+    assert fixed_share(region, after, ref) == 0.5
+    assert np.isnan(fixed_share(np.zeros_like(ref), after, ref))
+    assert mean_fixed_share([[0.0, 1.0], [None, 0.5, float("nan")]]) == 0.5
+    assert np.isnan(mean_fixed_share([[]]))

@@ -12,8 +12,9 @@ challenge ("Foundation models for interactive 3D biomedical image segmentation")
 and the click statistics of issue 10: the mean Dice gain per click, the mean share of the
 remaining error (1 - Dice) a click removes (a method that starts higher has less to gain: this
 compares clicks across starting points), the share of clicks that lower Dice by more than
-0.01, and the share of clicks that change Dice by less than 0.0001 (issue 10's complaint:
-"mostly nothing happens").
+0.01, the share of clicks that change Dice by less than 0.0001 (issue 10's complaint:
+"mostly nothing happens"), and the mean share of the error region a click points at that it
+fixes (issue 10's title: "every refinement click must fix what it points at").
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 AUC_CLICKS = 5
 NSD_TOLERANCE_MM = 2.0
@@ -93,11 +95,47 @@ def error_removed_per_click(dice_curves: Sequence[Sequence[float]]) -> float:
     return float(values.mean()) if len(values) else 0.0
 
 
+def pointed_error_region(mask: np.ndarray, reference: np.ndarray, point: Sequence[int], foreground: bool) -> np.ndarray:
+    """The error region a click points at: the connected component (face connectivity) of the
+    mask's error of the click's kind (missed object for a foreground click, wrongly included
+    background for a background one) that holds the clicked voxel; all False when the click
+    lies on no such error.
+
+    Args:
+        mask, reference: binary arrays of one shape, ``(H, W)`` or ``(H, W, D)``.
+        point: the clicked voxel's indices.
+        foreground: the click's kind.
+    """
+    m, r = np.asarray(mask) > 0, np.asarray(reference) > 0
+    error = (r & ~m) if foreground else (m & ~r)
+    labels, _ = ndimage.label(error)
+    index = labels[tuple(int(v) for v in point)]
+    return labels == index if index else np.zeros(error.shape, dtype=bool)
+
+
+def fixed_share(region: np.ndarray, result: np.ndarray, reference: np.ndarray) -> float:
+    """Share of ``region`` (a click's :func:`pointed_error_region`) that ``result``, the mask
+    after the click, labels as ``reference`` does; NaN for an empty region."""
+    region = np.asarray(region, dtype=bool)
+    if not region.any():
+        return float("nan")
+    right = (np.asarray(result) > 0) == (np.asarray(reference) > 0)
+    return float(right[region].mean())
+
+
+def mean_fixed_share(per_run: Sequence[Sequence[float | None]]) -> float:
+    """Mean of the clicks' :func:`fixed_share` over all runs (``None``/NaN entries left out);
+    NaN when no click counts."""
+    values = [float(v) for run in per_run for v in run if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def click_statistics(results, clicks: int) -> dict:
     """Means over runs: Dice after 0/1/3/5/10 clicks (those within ``clicks``), NoC@85/90,
     DSC AUC, the mean Dice gain per click, the mean share of the remaining error a click
     removes, the share of clicks that lower Dice by more than 0.01, the share that change it by
-    less than 0.0001, and the mean wall time of a click (s)."""
+    less than 0.0001, the mean share of its error region a click fixes, and the mean wall time
+    of a click (s)."""
     curves = np.stack([padded_dice(r.dice, clicks) for r in results])
     out = {f"dice{k}": float(curves[:, k].mean()) for k in (0, 1, 3, 5, 10) if k <= clicks}
     out["noc85"] = float(np.mean([r.noc(0.85) for r in results]))
@@ -106,5 +144,6 @@ def click_statistics(results, clicks: int) -> dict:
     out["gain_per_click"], out["worse_fraction"] = step_statistics([r.dice for r in results])
     out["error_removed_per_click"] = error_removed_per_click([r.dice for r in results])
     out["unchanged_fraction"] = unchanged_share([r.dice for r in results])
+    out["fixed_share"] = mean_fixed_share([r.fixed for r in results])
     out["click_seconds"] = float(np.mean([t for r in results for t in r.latency[1:]] or [0.0]))
     return out

@@ -8,8 +8,9 @@ For one object (image + binary reference) and one method:
    :func:`lib.transforms.robot_user.corrective_click` at the interior-most voxel of the
    largest error region of the current result, never on a voxel clicked before (margin
    points included); the run stops early only when no error voxel is left to click;
-3. Dice and ASSD after the margin points and after every click, and the wall time of each
-   interaction (the method's ``segment`` call only; metrics and the robot are not timed).
+3. Dice and ASSD after the margin points and after every click, the share of the error region
+   each click points at that the next result fixes, and the wall time of each interaction (the
+   method's ``segment`` call only; metrics and the robot are not timed).
 
 Every method sees exactly the same margin points; the corrective clicks depend on the
 method's own results, as for a real user.
@@ -28,7 +29,7 @@ from lib.transforms.margin_points import extreme_margin_points
 from lib.transforms.robot_user import corrective_click
 
 from .methods import Method
-from .metrics import normalised_surface_dice
+from .metrics import fixed_share, normalised_surface_dice, pointed_error_region
 
 DEFAULT_MAX_CLICKS = {2: 20, 3: 10}
 NOC_THRESHOLDS = (0.85, 0.90)
@@ -107,6 +108,9 @@ class ProtocolResult:
         clicks: the corrective clicks in order, ``{"point": [..], "foreground": bool}``.
         dice, assd, latency: one entry per interaction (index 0: margin points, k: after
             click k); ASSD is ``inf`` when the result is empty.
+        fixed: per click, the share of the error region it points at
+            (:func:`lib.benchmark.metrics.pointed_error_region`) that the result after it
+            labels right.
         masks: result masks kept for the interactions listed in ``keep_masks``.
         stopped_early: no error voxel was left to click before the budget was spent.
         max_clicks: the click budget.
@@ -119,6 +123,7 @@ class ProtocolResult:
     dice: list[float] = field(default_factory=list)
     assd: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
+    fixed: list[float] = field(default_factory=list)
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     stopped_early: bool = False
     max_clicks: int = 0
@@ -167,6 +172,7 @@ def run_protocol(
     bg = np.zeros((0, ndim), dtype=np.int64)
 
     last_mask = None
+    pointed = None  # (box, region) of the last click's error region, on the box of both masks
     method.begin_case(image, sp)
     try:
         for k in range(cap + 1):
@@ -176,6 +182,9 @@ def run_protocol(
             if mask.shape != ref.shape:
                 raise RuntimeError(f"{method.name}: result shape {mask.shape} differs from the image's {ref.shape}")
             d, a = evaluate(mask, ref, sp)
+            if pointed is not None:
+                box, region = pointed
+                result.fixed.append(fixed_share(region, mask[box], ref[box]))
             result.dice.append(d)
             result.assd.append(a)
             last_mask = mask.astype(np.uint8)
@@ -188,6 +197,9 @@ def run_protocol(
                 result.stopped_early = True
                 break
             point, is_fg = click
+            box = _union_box(mask > 0, ref)
+            local = point - np.asarray([s.start for s in box])
+            pointed = box, pointed_error_region(mask[box], ref[box], local, is_fg)
             result.clicks.append({"point": [int(v) for v in point], "foreground": bool(is_fg)})
             if is_fg:
                 fg = np.concatenate([fg, point[None]])
