@@ -129,14 +129,14 @@ class MIDeepSegConfig(TaskConfig):
 class MIDeepSeg2DConfig(MIDeepSegConfig):
     dimension = 2
     margin_points = 4
-    # Session 18, on the 2D selection set (26 objects; README, "Depth limit in 2D"): a click's
+    # Session 18, on the 2D selection set (26 objects; docs/experiments.md, "Depth limit in 2D"): a click's
     # changes kept only where connected to it and no deeper (distance to the previous mask's
     # boundary) than its own depth, reach limit 0.5 / 0.75 / 1 / 1.5 / 2 / off: Dice after 10
     # clicks 0.935 / 0.953 / 0.963 / 0.961 / 0.960 / 0.957, worse clicks 0 % in all but off (2.3 %).
     # Session 20, same set and rule: the states with clicks of both kinds decided by the nearer of
     # their two last clicks instead of a network pass each (contest "nearest"; lib/infers/
     # midepseg_infer.py: RefinementOptions.contest): Dice after 10 clicks 0.9623 -> 0.9626, worse
-    # clicks 0 -> 1 of 257, a click 0.043 -> 0.031 s in-process (README, "Contested voxels").
+    # clicks 0 -> 1 of 257, a click 0.043 -> 0.031 s in-process (docs/experiments.md, "Contested voxels").
     refinement_defaults = {"learned_ifgc": {"reach_limit": 1.0, "contest": "nearest"}}
 
 
@@ -148,17 +148,17 @@ class MIDeepSeg3DConfig(MIDeepSegConfig):
     # the repaired IF-GC's best Dice after 10 clicks (0.664; 1.0: 0.628). Claims of both kinds
     # were chosen on the 3D selection set (Dice after 10 clicks 0.724 -> 0.733, worse clicks
     # 1.7 % -> 0.8 %), then geodesic weight 0.5 there (0.756, 0.8 %; 0.25: 0.775 with 2.5 % of
-    # the clicks worse, 0.1: 0.781 with 5.8 %; README). Then, on the 3D selection set with two
+    # the clicks worse, 0.1: 0.781 with 5.8 %; docs/experiments.md). Then, on the 3D selection set with two
     # CT structures added (14 objects): the stage-1 ensemble with the class-agnostic network and
     # radius limit 3 (Dice after 10 clicks 0.768 -> 0.809, worse clicks 1.4 % -> 0.7 %; the
-    # ensemble alone 0.811 with 2.9 %; README). Then proposals that refine the merged parents
+    # ensemble alone 0.811 with 2.9 %; docs/experiments.md). Then proposals that refine the merged parents
     # (previous "merged": a click no longer gives back what the last click of the other kind
     # changed) on the same 14 objects: 0.809 -> 0.810 after 10 clicks, worse clicks 0.7 % -> 0 %.
     # Session 16, with the 3D graph cut at lamda 20 / sigma 0.03 (lib/infers/midepseg_infer.py:
     # GRAPH_CUT_DEFAULTS): radius limit 3 / 5 / off 0.820 / 0.824 / 0.828 after 10 clicks, no worse
     # click in any; off lets two background clicks in an uploaded leaking spleen take spleen with
     # the leak (Dice 0.9916 -> 0.9865, tests/test_server_e2e.py), radius 5 does not (0.9948), so 5
-    # (README, "Graph-cut contrast in 3D"). Session 20: contest "nearest" (as in 2D) on the 3D
+    # (docs/experiments.md, "Graph-cut contrast in 3D"). Session 20: contest "nearest" (as in 2D) on the 3D
     # selection set, Dice after 10 clicks 0.8240 -> 0.8245, no worse click in either; the
     # proposals of the states with clicks of both kinds, which "previous" chose the parent of,
     # are then no longer made (``--conf contest proposal`` gives the default before).
@@ -166,7 +166,7 @@ class MIDeepSeg3DConfig(MIDeepSegConfig):
     # most 2 work voxels (seed_radius, seed_limit): on the same 14 objects Dice after 10 clicks
     # 0.825 -> 0.833, clicks that change Dice by less than 0.0001 6.4 % -> 1.4 %, one click of
     # 140 worse. Without the limit 0.836, with a limit of 3 voxels 0.835, but both cross the
-    # true boundary near deep clicks (README, "A click seeds a ball"; ``--conf seed_radius 0``
+    # true boundary near deep clicks (docs/experiments.md, "A click seeds a ball"; ``--conf seed_radius 0``
     # gives the default before).
     refinement_defaults = {
         "ifgc_repaired": {"spatial_weight": 0.5, "claims": "all", "geodesic_weight": 0.5, "radius_limit": 5.0,

@@ -7,7 +7,7 @@ component of the previous mask's error of the click's kind that holds it) and th
 that region it fixed, and the Dice before and after. Also the stage-1 network probability
 (ensemble mean) inside and outside the reference.
 
-Used to compare two networks on the same refinement settings (README, "Session 24: a 3D
+Used to compare two networks on the same refinement settings (docs/experiments.md, "Session 24: a 3D
 ensemble member that is better at stage 1"):
 
     python scripts/probe_clicks.py --dims 3 --case BraTS --clicks 1 \\

@@ -361,7 +361,7 @@ def test_contested_voxels_go_to_the_nearer_of_the_two_last_clicks(shared_data):
 
 
 def test_a_band_click_reaches_along_the_boundary(shared_data):
-    """``--conf spatial_term band`` (selectable, not a default; README, "A click's reach along
+    """``--conf spatial_term band`` (selectable, not a default; docs/experiments.md, "A click's reach along
     the boundary"): a click's spatial term is its depth difference plus its distance over
     ``band_reach``, so a background click in a shell of wrongly included voxels takes away
     more of the shell along the boundary than the 3D default's Euclidean term lets it. On the
@@ -377,7 +377,7 @@ def test_a_band_click_reaches_along_the_boundary(shared_data):
 
 
 def test_a_click_seeds_the_ball_it_sits_in_the_middle_of(shared_data):
-    """The 3D default since session 22 (``seed_radius 0.9``, ``seed_limit 2``; README, "A click
+    """The 3D default since session 22 (``seed_radius 0.9``, ``seed_limit 2``; docs/experiments.md, "A click
     seeds a ball"): a refinement click's hard seed in the graph cut is the ball of 0.9 times its
     depth around it, at most 2 work voxels. On the unseen right hippocampus of the 3D dev set,
     the robot's second to fourth clicks (background clicks in a leak) leave the mask as it was

@@ -507,7 +507,7 @@ def test_refining_an_uploaded_mask(server, tmp_path):
     about 0.4 % of the spleen with it; forced 0.9917. Radius limit 3: 0.9950; no radius limit:
     0.9865, the clicks take spleen with the leak. With the paper's cut: 94 % removed,
     0.992 -> 0.9995). A 15 mm leak loses only 12 % to two clicks: the repaired IF-GC's reach
-    is a click's depth in its error region (README)."""
+    is a click's depth in its error region (docs/experiments.md)."""
     import nibabel as nib
     from scipy import ndimage
 

@@ -74,7 +74,7 @@ def test_clicks_correct_the_boundary_at_image_resolution(tmp_path):
     grid's cut: +0.0043 with the work grid's own cut; the first assertion does.) Run with the
     paper's graph cut (lamda 5, sigma 0.1): with the 3D default's lamda 20 / sigma 0.03 stage 1
     reaches 0.972 on the ellipsoid, its errors are a shell about a voxel thick, and 5 clicks
-    gain +0.0001 there (README, "Graph-cut contrast in 3D")."""
+    gain +0.0001 there (docs/experiments.md, "Graph-cut contrast in 3D")."""
     from lib.transforms.crop import resample
     from lib.transforms.margin_points import extreme_margin_points
     from lib.transforms.robot_user import corrective_click
@@ -150,7 +150,7 @@ def test_the_3d_ensemble_computes_one_cue_map(tmp_path, monkeypatch):
     class-agnostic member's 64 x 64 x 48), each with the EGD of the margin points on its own
     grid. With ``--conf shared_cue true`` (not a default) the EGD is computed once, on the
     smaller grid, and resampled for the other network. The stage-1 answer stays the same
-    object (README, "One cue for the 3D ensemble": selection-set stage-1 Dice 0.780 -> 0.779)."""
+    object (docs/experiments.md, "One cue for the 3D ensemble": selection-set stage-1 Dice 0.780 -> 0.779)."""
     import lib.transforms.cues as cues
     from lib.transforms.margin_points import extreme_margin_points
 

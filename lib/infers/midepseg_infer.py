@@ -78,7 +78,7 @@ logger = logging.getLogger(__name__)
 # and 0.07-0.23 s at 48^3, with the same Dice after 5 robot clicks (0.857 vs 0.862). 2D: at
 # 100^2 instead of 160^2 the 2D selection set's Dice after 1 / 5 / 10 clicks did not change
 # (0.927 / 0.945 / 0.957) and a click on the 512^2 HC18 slice took 0.063 s over REST against
-# 0.084-0.097 s (README, "Corrective clicks").
+# 0.084-0.097 s (docs/experiments.md, "Corrective clicks").
 WORK_VOXELS = {2: 100 * 100, 3: 48 * 48 * 48}
 WORK_KEYS = {"margin_key": "margin_points_work", "foreground_key": "fg_clicks_work", "background_key": "bg_clicks_work"}
 PROPOSALS = ("ifgc", "gc", "learned", "geodesic")
@@ -93,7 +93,7 @@ LEARNED_WARM_BATCHES = 8
 # (session 21, 2-core host: the 2D refinement network on 64x64 took 0.018-0.026 s with 2 threads
 # and 0.008 s with 1 there, 0.007-0.011 s with 2 on the main thread; a 2D click over REST, 80
 # clicks on 8 HC18 images with two servers side by side, median / p90 0.049 / 0.056 s -> 0.044 /
-# 0.052 s; README, "One torch thread per 2D request"). In 3D the process's count: the 3D stage-1
+# 0.052 s; docs/experiments.md, "One torch thread per 2D request"). In 3D the process's count: the 3D stage-1
 # network on 96x96x64 took 0.19 s with 2 threads and 0.32 s with 1, on any thread.
 DEFAULT_TORCH_THREADS = {2: 1, 3: None}
 # How the stage-1 mask reaches the image (``stage1_resolution``): "work" = the graph cut on
@@ -102,7 +102,7 @@ DEFAULT_TORCH_THREADS = {2: 1, 3: None}
 # cut solved in a band one work voxel either side of it (:func:`band_graph_cut`); the
 # refinement's changes, made on the work grid against that mask, are added and removed there.
 STAGE1_RESOLUTIONS = ("work", "image")
-DEFAULT_STAGE1_RESOLUTION = {2: "work", 3: "image"}  # 3D: chosen in session 12 (README, "3D resolution")
+DEFAULT_STAGE1_RESOLUTION = {2: "work", 3: "image"}  # 3D: chosen in session 12 (docs/experiments.md, "3D resolution")
 # The graph cut's (lamda, sigma) of Eq. 8 per (dimension, refinement preset), the task's
 # defaults for the request parameters ``lamda``/``sigma``, used by every cut of the request
 # (stage 1, its band at the image's resolution, the refinement). The paper's (5, 0.1) unless
@@ -110,7 +110,7 @@ DEFAULT_STAGE1_RESOLUTION = {2: "work", 3: "image"}  # 3D: chosen in session 12 
 # the stage 1 of the paper's cut. The 3D default (repaired IF-GC): (20, 0.03), chosen on the
 # 3D selection set in session 16 (stage-1 Dice over its four object types 0.783 with the
 # paper's values, 0.808 on a plateau of lamda 10-20 and sigma 0.02-0.03; Dice after 10 robot
-# clicks 0.810 -> 0.820 with no click made worse; README, "Graph-cut contrast in 3D").
+# clicks 0.810 -> 0.820 with no click made worse; docs/experiments.md, "Graph-cut contrast in 3D").
 GRAPH_CUT_DEFAULTS = {(3, "ifgc_repaired"): (20.0, 0.03)}
 
 
@@ -176,14 +176,14 @@ class RefinementOptions:
             plus the Euclidean distance divided by ``band_reach``: a click reaches
             ``band_reach`` times further along the boundary than across it); :data:`SPATIAL_TERMS`.
         band_reach: with ``spatial_term "band"``, how many times further a click reaches
-            along the boundary than across it (2: chosen on the 3D selection set; README, "A
+            along the boundary than across it (2: chosen on the 3D selection set; docs/experiments.md, "A
             click's reach along the boundary").
         seed_radius: when > 0 (and < 1), a refinement click's hard seed in the graph cut is
             the ball of ``seed_radius`` times its depth (its distance to the previous mask's
             boundary) around it, not its voxel alone, so the cut can no longer answer a click
             deep in a region by a few voxels around it. The ball lies on the click's side of
             that boundary, but may cross the object's true boundary where that runs nearer to
-            the click (README, "A click seeds a ball").
+            the click (docs/experiments.md, "A click seeds a ball").
         seed_limit: when > 0, the seed ball's radius is at most ``seed_limit`` voxels of the
             work grid (its finest spacing): a deep click then seeds its neighbourhood, not a
             ball that reaches a true boundary near it.
@@ -229,14 +229,14 @@ CONTESTS = ("proposal", "nearest")
 REFINEMENTS = {
     "ifgc": RefinementOptions(),
     "gc": RefinementOptions(proposal="gc"),
-    # Chosen on 46 training objects with the robot (scripts/tune_refinement.py; README).
+    # Chosen on 46 training objects with the robot (scripts/tune_refinement.py; docs/experiments.md, "What answers now").
     "ifgc_repaired": RefinementOptions(
         monotone=True, fusion_margin=False, smoothing=1.0, depth_reach=True, spatial_weight=1.0
     ),
     "learned": RefinementOptions(proposal="learned", monotone=True),
     # The learned proposal's probability fused with the clicks and cut on the work grid, with
     # the repaired IF-GC's options, its changes kept where the clicks' seeds claim them; both
-    # chosen on the selection set (scripts/make_selection_set.py; README).
+    # chosen on the selection set (scripts/make_selection_set.py; docs/experiments.md).
     "learned_ifgc": RefinementOptions(
         proposal="learned", monotone=True, learned_cut="ifgc", fusion_margin=False, smoothing=1.0,
         depth_reach=True, spatial_weight=1.0, claims="all"
@@ -477,7 +477,7 @@ class MIDeepSegInfer(BasicInferTask):
         """:meth:`_probability` of every ``(network, grid)``, in the given order. With
         ``shared_cue`` (``--conf shared_cue true``, not a default) the cue map is computed
         once, on the smallest grid, and resampled for the others: the 3D EGD on 96 x 96 x 64
-        takes 0.19 s here, on 64 x 64 x 48 0.07 s (README, "One cue for the 3D ensemble")."""
+        takes 0.19 s here, on 64 x 64 x 48 0.07 s (docs/experiments.md, "One cue for the 3D ensemble")."""
         order = list(range(len(networks)))
         if self.shared_cue:
             order.sort(key=lambda k: int(np.prod(networks[k][1])))
@@ -649,7 +649,7 @@ class _ImageStage1:
     resolution. On the network's probability alone it followed a network that is biased on
     large objects (the stage-1 ensemble's class-agnostic member under-segments them): on the
     synthetic ellipsoid of ``scripts/measure_stage1_resolution.py`` Dice 0.927, against 0.952
-    for the work grid and 0.966 with the mean (README, "3D resolution").
+    for the work grid and 0.966 with the mean (docs/experiments.md, "3D resolution").
 
     Called with the work-grid cut of stage 1, it returns ``(fine, work)``: ``fine`` the
     box-sized bool mask at the image's resolution, ``work`` the same mask on the work grid
