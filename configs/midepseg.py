@@ -9,9 +9,10 @@ from monailabel.interfaces.config import TaskConfig
 from monailabel.utils.others.generic import strtobool
 
 from lib.infers.budget import DEFAULT_BUDGET_S
-from lib.infers.midepseg_infer import DEFAULT_REFINEMENT, MIDeepSegInfer, RefinementOptions
+from lib.infers.midepseg_infer import DEFAULT_REFINEMENT, REFINEMENTS, MIDeepSegInfer, RefinementOptions
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
 from lib.trainers.midepseg_train import MIDeepSegTrain
+from lib.trainers.refinement_task import MIDeepSegRefinementTrain
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ def ensemble_names(text: str) -> list[str]:
 
 
 class MIDeepSegConfig(TaskConfig):
-    """One MIDeepSeg model: weights ``<model_dir>/<name>.pt``, a deepgrow infer task and a
-    Dice-loss trainer that publishes back to the same file."""
+    """One MIDeepSeg model: weights ``<model_dir>/<name>.pt``, a deepgrow infer task, a
+    Dice-loss trainer that publishes back to the same file and, when the model's refinement
+    runs a network, that network's trainer (``<name>_refine.pt``)."""
 
     dimension = 2
     margin_points = 4
@@ -111,6 +113,24 @@ class MIDeepSegConfig(TaskConfig):
                 f"MIDeepSeg {kind}: click {self.margin_points} interior margin points just inside the object's "
                 "boundary (foreground), then foreground/background clicks to refine"
             ),
+        )
+
+    def refinement(self) -> str:
+        """The refinement preset the infer task runs (``--conf refinement``, else the default)."""
+        return str(self.conf.get("refinement") or DEFAULT_REFINEMENT[self.dimension])
+
+    def refinement_trainer(self) -> MIDeepSegRefinementTrain | None:
+        """The learned refinement's trainer, against this model's stage-1 weights, publishing
+        where the infer task reads the refinement weights; ``None`` when the refinement runs no
+        network (the 3D default, the IF-GC presets)."""
+        preset = REFINEMENTS.get(self.refinement())
+        if preset is None or preset.proposal != "learned":
+            return None
+        return MIDeepSegRefinementTrain(
+            dimension=self.dimension,
+            stage1_path=self.path,
+            publish_path=self.refinement_model_path() or self.path.replace(".pt", "_refine.pt"),
+            work_dir=os.path.join(self.model_dir, f"train_{self.name}_refine"),
         )
 
     def trainer(self) -> MIDeepSegTrain:

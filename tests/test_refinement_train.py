@@ -87,3 +87,104 @@ def test_a_one_kind_session_clicks_only_the_errors_of_its_kind():
     assert len(fg_only.fg) == 3 and len(bg_only.bg) == 3
     assert all(label[tuple(p)] and not mask[tuple(p)] for p in fg_only.fg)
     assert all(mask[tuple(p)] and not label[tuple(p)] for p in bg_only.bg)
+
+
+class _Labelled:
+    """The part of a MONAI Label datastore the train tasks read: the labelled items."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+
+    def datalist(self) -> list[dict]:
+        return self.items
+
+
+def _disk_datastore(tmp_path) -> "_Labelled":
+    """Three noisy 2D disks with their labels, as NIfTI files of a datastore."""
+    import nibabel as nib
+
+    items = []
+    for k in range(3):
+        mask = ellipsoid_mask((70, 70), (35 + k, 33), 14 + 2 * k)
+        item = {}
+        for kind, arr in (("image", noisy_image(mask, seed=k)[0]), ("label", mask.astype(np.uint8))):
+            path = tmp_path / kind / f"case{k}.nii.gz"
+            path.parent.mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(np.asarray(arr, dtype=np.float32), np.eye(4)), str(path))
+            item[kind] = str(path)
+        items.append(item)
+    return _Labelled(items)
+
+
+def _refinement_task(tmp_path):
+    """A refinement train task over a seeded stage-1 file, publishing to ``model/m_refine.pt``."""
+    from lib.trainers.refinement_task import MIDeepSegRefinementTrain
+
+    torch.manual_seed(0)
+    stage1 = midepseg_unet(2)
+    stage1_path, publish = tmp_path / "model" / "m.pt", tmp_path / "model" / "m_refine.pt"
+    stage1_path.parent.mkdir()
+    torch.save({"model": stage1.state_dict()}, stage1_path)
+    return MIDeepSegRefinementTrain(2, str(stage1_path), str(publish), str(tmp_path / "work")), stage1, publish
+
+
+def test_the_refinement_train_task_trains_on_the_datastore_labels_and_publishes(tmp_path):
+    """``/train/<model>_refine``: trains against the model's stage-1 file on the datastore's
+    labels and publishes atomically; bad requests and an empty datastore are errors that name
+    the problem, and nothing is published then."""
+    from lib.trainers.refinement_task import MIDeepSegRefinementTrain
+
+    store = _disk_datastore(tmp_path)
+    task, _, publish = _refinement_task(tmp_path)
+    for request, labelled, message in (({"minutes": "soon"}, store, "minutes"), ({"val_split": 1.5}, store, "val_split"),
+                                       ({}, _Labelled([]), "no labelled image")):
+        with pytest.raises(ValueError, match=message):
+            task(request, labelled)
+    with pytest.raises(ValueError, match="stage-1"):
+        MIDeepSegRefinementTrain(2, str(tmp_path / "none.pt"), str(publish), str(tmp_path / "work"))({}, store)
+    assert not publish.exists()
+
+    result = task({"minutes": 0.05, "batch_size": 2, "max_rounds": 1, "val_every": 1000, "lr": 1e-3, "val_split": 0.3},
+                  store)
+    assert result["steps"] >= 1 and result["training_objects"] == 2 and result["validation_objects"] == 1
+    assert result["published"] == str(publish) and result["start_validation_dice"] is None
+    published = torch.load(publish, weights_only=True)
+    assert published["grid"] == [64, 64]
+    midepseg_unet(2, REFINEMENT_IN_CHANNELS).load_state_dict(published["model"])
+    assert not list(publish.parent.glob("*.tmp")) and not list(publish.parent.glob(".*.tmp"))
+    assert set(task.stats()["val"][-1]) == {"0", "1", "3", "5"}  # the run's curves, as JSON
+
+
+@pytest.mark.parametrize("after, published", [(0.55, False), (0.65, True)])
+def test_the_refinement_task_publishes_only_what_beats_the_published_weights(tmp_path, monkeypatch, after, published):
+    """A run continues from the published refinement, on its grid, and replaces it only when
+    its validation beats that of the published weights against the current stage 1 (here the
+    validation is scripted: 0.6 for the start, then ``after``)."""
+    import lib.trainers.refinement_train as refinement_train
+
+    scores = iter([0.6, after])
+    monkeypatch.setattr(refinement_train, "validate", lambda *args, **kwargs: dict.fromkeys((0, 1, 3, 5), next(scores)))
+    task, stage1, publish = _refinement_task(tmp_path)
+    torch.save({"model": refinement_from_stage1(stage1.state_dict(), 2).state_dict(), "grid": [48, 48]}, publish)
+    before = torch.load(publish, weights_only=True)["model"]
+    result = task({"minutes": 0.03, "batch_size": 2, "max_rounds": 1, "lr": 1e-2}, _disk_datastore(tmp_path))
+    assert result["start_validation_dice"] == pytest.approx(0.6) and result["steps"] >= 1
+    now = torch.load(publish, weights_only=True)
+    changed = any(not torch.equal(before[k], v) for k, v in now["model"].items())
+    assert changed == published and (result["published"] is not None) == published
+    assert now["grid"] == [48, 48]
+
+
+@pytest.mark.parametrize("dimension, conf, offered", [(2, {}, True), (3, {}, False), (3, {"refinement": "learned"}, True),
+                                                      (2, {"refinement": "ifgc_repaired"}, False)])
+def test_a_model_offers_a_refinement_trainer_when_its_refinement_runs_a_network(tmp_path, dimension, conf, offered):
+    from configs.midepseg import MIDeepSeg2DConfig, MIDeepSeg3DConfig
+
+    config = (MIDeepSeg2DConfig if dimension == 2 else MIDeepSeg3DConfig)()
+    name = f"midepseg_{dimension}d"
+    config.init(name, str(tmp_path), conf, None)
+    trainer = config.refinement_trainer()
+    assert (trainer is not None) == offered
+    if offered:
+        assert trainer.stage1_path == str(tmp_path / f"{name}.pt")
+        assert trainer.publish_path == str(tmp_path / f"{name}_refine.pt")

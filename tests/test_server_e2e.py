@@ -440,6 +440,23 @@ def test_datastore_labels_and_active_learning(server):
     assert server.client.next_sample("first", {})["id"] == "ct"
 
 
+def _train(server: Server, model: str, request: dict) -> tuple[str, str]:
+    """POST /train/<model>, wait for the run; its final status and the last lines of its log."""
+    started = server.client.train_start(model, request)
+    assert started["status"] in ("SUBMITTED", "RUNNING", "QUEUED"), started
+    start = time.perf_counter()
+    while True:
+        status = server.client.train_status()
+        if status.get("status") not in ("SUBMITTED", "QUEUED", "RUNNING"):
+            break
+        if time.perf_counter() - start > TRAIN_TIMEOUT_S:
+            server.client.train_stop()
+            pytest.fail(f"training did not finish within {TRAIN_TIMEOUT_S} s")
+        time.sleep(2.0)
+    print(f"training {model}: {status.get('status')} in {time.perf_counter() - start:.1f} s")
+    return status.get("status"), "\n".join(str(line) for line in (status.get("details") or [])[-20:])
+
+
 def test_training_through_server_publishes_model(server):
     """POST /train/midepseg_2d on the one labelled HC18 image (val_split 0: the trainer's
     key-metric checkpoint is published after the epoch), then the infer task reloads."""
@@ -458,20 +475,8 @@ def test_training_through_server_publishes_model(server):
     before = model_file.stat().st_mtime_ns if model_file.exists() else None
 
     request = {"max_epochs": 1, "val_split": 0.0, "train_batch_size": 1, "dataset": "Dataset", "pretrained": True}
-    started = server.client.train_start("midepseg_2d", request)
-    assert started["status"] in ("SUBMITTED", "RUNNING", "QUEUED"), started
-    start = time.perf_counter()
-    while True:
-        status = server.client.train_status()
-        if status.get("status") not in ("SUBMITTED", "QUEUED", "RUNNING"):
-            break
-        if time.perf_counter() - start > TRAIN_TIMEOUT_S:
-            server.client.train_stop()
-            pytest.fail(f"training did not finish within {TRAIN_TIMEOUT_S} s")
-        time.sleep(2.0)
-    details = "\n".join(str(line) for line in (status.get("details") or [])[-20:])
-    print(f"training: {status.get('status')} in {time.perf_counter() - start:.1f} s")
-    assert status["status"] == "DONE", details
+    status, details = _train(server, "midepseg_2d", request)
+    assert status == "DONE", details
 
     assert model_file.is_file()
     assert model_file.stat().st_mtime_ns != before, "training did not publish a new model file"
@@ -484,6 +489,40 @@ def test_training_through_server_publishes_model(server):
     mask, result, _ = infer(server, "midepseg_2d", HC18_CASE, margin)
     assert result["stage1_cached"] is False, "a new model file must invalidate the cached stage 1"
     assert values_at(mask, margin) == [1] * len(margin)
+
+
+def test_training_the_learned_refinement_through_server(server):
+    """POST /train/midepseg_2d_refine (the 2D default's refinement runs a network; the 3D
+    default's does not, so no 3D refinement trainer is offered): a bad option fails the run
+    naming it and publishes nothing; a short run publishes refinement weights, which the next
+    click's proposal loads."""
+    import torch
+    from scipy import ndimage
+
+    from lib.transforms.margin_points import extreme_margin_points
+
+    assert "midepseg_2d_refine" in server.client.info()["trainers"]
+    assert "midepseg_3d_refine" not in server.client.info()["trainers"]
+    server.client.save_label(HC18_CASE, str(server.refs / f"{HC18_CASE}.png"), tag="final")
+    refine = server.model_dir / "midepseg_2d_refine.pt"
+    before = refine.stat().st_mtime_ns
+
+    status, details = _train(server, "midepseg_2d_refine", {"minutes": "soon"})
+    assert status != "DONE" and "minutes" in details, details
+    assert refine.stat().st_mtime_ns == before
+
+    refine.unlink()  # from the stage-1 weights: a run then always publishes (from published weights, only a better one)
+    status, details = _train(server, "midepseg_2d_refine", {"minutes": 0.05, "batch_size": 2, "max_rounds": 1})
+    assert status == "DONE", details
+    assert refine.is_file(), "the run did not publish"
+    assert torch.load(refine, map_location="cpu", weights_only=True)["grid"] == [64, 64]
+    assert (server.model_dir / "train_midepseg_2d_refine").is_dir(), "runs must go under --conf model_dir"
+
+    _, reference = hc18_case(server)
+    margin = extreme_margin_points(reference)
+    inside = np.argwhere(reference & (ndimage.distance_transform_edt(reference) > 8))[:1]
+    mask, _, _ = infer(server, "midepseg_2d", HC18_CASE, np.concatenate([margin, inside]))
+    assert values_at(mask, np.concatenate([margin, inside])) == [1] * (len(margin) + 1)
 
 
 def _post_with_label(server: Server, model: str, image: str, params: dict, name: str, content: bytes):

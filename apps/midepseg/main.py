@@ -122,7 +122,15 @@ class MIDeepSegApp(MONAILabelApp):
         return {name: config.infer() for name, config in self.models.items()}
 
     def init_trainers(self):
-        return {name: config.trainer() for name, config in self.models.items()}
+        """Per model its stage-1 trainer and, after it, its learned refinement's trainer where
+        the refinement runs a network (``POST /train/`` runs them in this order)."""
+        trainers = {}
+        for name, config in self.models.items():
+            trainers[name] = config.trainer()
+            refinement = config.refinement_trainer()
+            if refinement is not None:
+                trainers[f"{name}_refine"] = refinement
+        return trainers
 
     def init_strategies(self):
         return {"random": Random(), "first": First()}

@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 # margin plus the inward move of the margin points.
 OBJECT_CONTEXT = {2: 48, 3: 24}
 TRAIN_PRECISIONS = ("float32", "bfloat16")
+# A datastore image's subject: its file name without the extension (each image its own).
+IMAGE_SUBJECT_PATTERN = r"^(.*?)(?:\.nii\.gz|\.nii|\.nrrd|\.png|\.jpg)?$"
 
 
 class CPUAutocastInferer(SimpleInferer):
@@ -142,7 +144,7 @@ class MIDeepSegTrain(BasicTrainTask):
         description: str = "Train MIDeepSeg on simulated interior margin points with a Dice loss",
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
-        subject_pattern: str = r"^(.*?)(?:\.nii\.gz|\.nii|\.nrrd|\.png|\.jpg)?$",
+        subject_pattern: str = IMAGE_SUBJECT_PATTERN,
         cue: str = "egd",
         precision: str = "float32",
         config: dict | None = None,

@@ -263,6 +263,7 @@ def train(
     precision: str = "float32",
     launch: Launch | None = None,
     click_kinds: str = "both",
+    validate_start: bool = False,
 ) -> dict:
     """Train for ``minutes`` of wall time; returns the curves (also written beside ``out_path``)
     and ``weights_sha256``, the digest of the final weights.
@@ -270,7 +271,10 @@ def train(
     the network grid (default: the stage-1 one); ``precision``: ``float32`` or
     ``bfloat16`` (CPU autocast of the forward passes); ``launch``: this process's rank of
     a torchrun job whose process group is initialised (``None``: one process); ``click_kinds``:
-    one of :data:`CLICK_KINDS` (module doc)."""
+    one of :data:`CLICK_KINDS` (module doc); ``validate_start``: validate the starting weights
+    first (step 0) and save only weights that beat them, so that a run which makes nothing
+    better leaves no file at ``out_path``. The weights are validated every ``val_every`` steps
+    and after the last step."""
     rank = launch.rank if launch else 0
     rng = np.random.RandomState(seed + rank)
     torch.manual_seed(seed)
@@ -299,6 +303,16 @@ def train(
     best = -1.0
     start = time.perf_counter()
     step, losses = 0, []
+
+    def keep_if_better() -> float:
+        """Validate (recorded in ``curves``); save the weights when they beat ``best``."""
+        score = _record_validation(net, stage1, val_crops, click_kinds, step, losses, curves, out_path, start)
+        if score > best:
+            save_atomic({"model": net.state_dict(), "grid": list(size)}, out_path)
+        return score
+
+    if validate_start and rank == 0:
+        best = _record_validation(net, stage1, val_crops, click_kinds, step, losses, curves, out_path, start)
     halved = False
     while (elapsed := _agreed_elapsed(start, launch)) < minutes * 60:
         if not halved and elapsed > 0.7 * minutes * 60:
@@ -328,22 +342,31 @@ def train(
             losses.append(float(loss.detach()))
         step += 1
         if step % val_every == 0 and rank == 0:
-            val = validate(net, stage1, val_crops, click_kinds)
-            score = float(np.mean([val[k] for k in VAL_CLICKS]))
-            curves["step"].append(step)
-            curves["loss"].append(float(np.mean(losses)))
-            curves["val"].append(val)
-            logger.info("step %d (%.0f s) loss %.4f val Dice %s", step, time.perf_counter() - start, np.mean(losses),
-                        " ".join(f"{k}:{v:.4f}" for k, v in val.items()))
+            best = max(best, keep_if_better())
             losses = []
-            if score > best:
-                best = score
-                save_atomic({"model": net.state_dict(), "grid": list(size)}, out_path)
-            Path(out_path).with_suffix(".curves.json").write_text(json.dumps(curves, indent=1))
+    if step % val_every and rank == 0:  # the steps since the last validation
+        keep_if_better()
     curves["steps"] = step
     curves["weights_sha256"] = weights_digest(net)
     logger.info("rank %d: %d steps, final weights sha256 %s", rank, step, curves["weights_sha256"])
     return curves
+
+
+def _record_validation(net: torch.nn.Module, stage1: torch.nn.Module, val_crops: list[dict], click_kinds: str,
+                       step: int, losses: list[float], curves: dict, out_path: str, start: float) -> float:
+    """Validate, append to ``curves`` (written beside ``out_path``) and log; returns the mean
+    Dice after :data:`VAL_CLICKS` clicks."""
+    val = validate(net, stage1, val_crops, click_kinds)
+    loss = float(np.mean(losses)) if losses else None
+    curves["step"].append(step)
+    curves["loss"].append(loss)
+    curves["val"].append(val)
+    logger.info("step %d (%.0f s) loss %s val Dice %s", step, time.perf_counter() - start,
+                "-" if loss is None else f"{loss:.4f}", " ".join(f"{k}:{v:.4f}" for k, v in val.items()))
+    curves_path = Path(out_path).with_suffix(".curves.json")
+    curves_path.parent.mkdir(parents=True, exist_ok=True)
+    curves_path.write_text(json.dumps(curves, indent=1))
+    return float(np.mean([val[k] for k in VAL_CLICKS]))
 
 
 def _agreed_elapsed(start: float, launch: Launch | None) -> float:
