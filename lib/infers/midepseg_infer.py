@@ -229,7 +229,7 @@ CONTESTS = ("proposal", "nearest")
 REFINEMENTS = {
     "ifgc": RefinementOptions(),
     "gc": RefinementOptions(proposal="gc"),
-    # Chosen on 46 training objects with the robot (scripts/tune_refinement.py; docs/experiments.md, "What answers now").
+    # Chosen on 46 training objects with the robot (scripts/tune_refinement.py; README, "What answers now").
     "ifgc_repaired": RefinementOptions(
         monotone=True, fusion_margin=False, smoothing=1.0, depth_reach=True, spatial_weight=1.0
     ),
