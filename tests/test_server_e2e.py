@@ -495,7 +495,7 @@ def test_training_the_learned_refinement_through_server(server):
     """POST /train/midepseg_2d_refine (the 2D default's refinement runs a network; the 3D
     default's does not, so no 3D refinement trainer is offered): a bad option fails the run
     naming it and publishes nothing; a short run publishes refinement weights, which the next
-    click's proposal loads."""
+    click's proposal loads (the result's ``refinement_weights`` names the file that answered)."""
     import torch
     from scipy import ndimage
 
@@ -511,18 +511,23 @@ def test_training_the_learned_refinement_through_server(server):
     assert status != "DONE" and "minutes" in details, details
     assert refine.stat().st_mtime_ns == before
 
+    _, reference = hc18_case(server)
+    margin = extreme_margin_points(reference)
+    inside = np.argwhere(reference & (ndimage.distance_transform_edt(reference) > 8))[:1]
+    points = np.concatenate([margin, inside])
+    _, shipped, _ = infer(server, "midepseg_2d", HC18_CASE, points)
     refine.unlink()  # from the stage-1 weights: a run then always publishes (from published weights, only a better one)
+    _, none, _ = infer(server, "midepseg_2d", HC18_CASE, points)
+    assert len(shipped["refinement_weights"]) == 16 and none["refinement_weights"] == ""
     status, details = _train(server, "midepseg_2d_refine", {"minutes": 0.05, "batch_size": 2, "max_rounds": 1})
     assert status == "DONE", details
     assert refine.is_file(), "the run did not publish"
     assert torch.load(refine, map_location="cpu", weights_only=True)["grid"] == [64, 64]
     assert (server.model_dir / "train_midepseg_2d_refine").is_dir(), "runs must go under --conf model_dir"
 
-    _, reference = hc18_case(server)
-    margin = extreme_margin_points(reference)
-    inside = np.argwhere(reference & (ndimage.distance_transform_edt(reference) > 8))[:1]
-    mask, _, _ = infer(server, "midepseg_2d", HC18_CASE, np.concatenate([margin, inside]))
-    assert values_at(mask, np.concatenate([margin, inside])) == [1] * (len(margin) + 1)
+    mask, trained, _ = infer(server, "midepseg_2d", HC18_CASE, points)
+    assert values_at(mask, points) == [1] * len(points)
+    assert len(trained["refinement_weights"]) == 16 and trained["refinement_weights"] != shipped["refinement_weights"]
 
 
 def _post_with_label(server: Server, model: str, image: str, params: dict, name: str, content: bytes):

@@ -307,7 +307,7 @@ class MIDeepSegInfer(BasicInferTask):
         )
         self.spatial_size = tuple(spatial_size)
         self._grid: tuple = (None, self.spatial_size)
-        self._weights_id: tuple = (None, "")
+        self._weights_ids: dict[str, tuple] = {}  # per file: ((path, mtime), digest)
         self.default_margin_points = margin_points
         self.work_voxels = work_voxels or WORK_VOXELS[dimension]
         if self.work_voxels < 2**dimension:
@@ -542,6 +542,8 @@ class MIDeepSegInfer(BasicInferTask):
             "refinement_clicks": int(refinement),
             "stage1_cached": bool(data.get("stage1_cached")),
             "weights": self.weights_id(),
+            # the learned refinement's file ("" while none is published: the stage-1 network answers)
+            "refinement_weights": self.weights_id(self._learned.path or "") if self._learned is not None else None,
             "voxels": int(data["pred"].sum()),
             "timing": {k: round(v, 4) for k, v in data.get("timing", {}).items()},
         }
@@ -577,19 +579,20 @@ class MIDeepSegInfer(BasicInferTask):
             self._grid = (version, grid)
         return self._grid[1]
 
-    def weights_id(self) -> str:
-        """The first 16 hex digits of the SHA-256 of the stage-1 weights file now in use (""
-        when there is none): which weights answered, the same on every replica of a shared
-        model folder. Hashed once per version of the file."""
-        path = self.get_path()
+    def weights_id(self, path: str | None = None) -> str:
+        """The first 16 hex digits of the SHA-256 of a weights file, by default the stage-1
+        file now in use ("" when there is none): which weights answered, the same on every
+        replica of a shared model folder. Hashed once per version of the file."""
+        path = self.get_path() if path is None else path
         version = (path, self._model_mtime(path))
-        if self._weights_id[0] != version:
+        cached = self._weights_ids.get(path)
+        if cached is None or cached[0] != version:
             digest = ""
             if path and os.path.exists(path):
                 with open(path, "rb") as f:
                     digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-            self._weights_id = (version, digest)
-        return self._weights_id[1]
+            cached = self._weights_ids[path] = (version, digest)
+        return cached[1]
 
     @staticmethod
     def _model_mtime(path: str | None) -> float:
