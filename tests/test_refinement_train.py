@@ -99,13 +99,14 @@ class _Labelled:
         return self.items
 
 
-def _disk_datastore(tmp_path) -> "_Labelled":
-    """Three noisy 2D disks with their labels, as NIfTI files of a datastore."""
+def _disk_datastore(tmp_path, dimension: int = 2) -> "_Labelled":
+    """Three noisy disks (2D) or balls (3D) with their labels, as NIfTI files of a datastore."""
     import nibabel as nib
 
     items = []
     for k in range(3):
-        mask = ellipsoid_mask((70, 70), (35 + k, 33), 14 + 2 * k)
+        mask = (ellipsoid_mask((70, 70), (35 + k, 33), 14 + 2 * k) if dimension == 2
+                else ellipsoid_mask((40, 40, 30), (20 + k, 19, 15), 8 + k))
         item = {}
         for kind, arr in (("image", noisy_image(mask, seed=k)[0]), ("label", mask.astype(np.uint8))):
             path = tmp_path / kind / f"case{k}.nii.gz"
@@ -116,16 +117,17 @@ def _disk_datastore(tmp_path) -> "_Labelled":
     return _Labelled(items)
 
 
-def _refinement_task(tmp_path):
+def _refinement_task(tmp_path, dimension: int = 2):
     """A refinement train task over a seeded stage-1 file, publishing to ``model/m_refine.pt``."""
     from lib.trainers.refinement_task import MIDeepSegRefinementTrain
 
     torch.manual_seed(0)
-    stage1 = midepseg_unet(2)
+    stage1 = midepseg_unet(dimension)
     stage1_path, publish = tmp_path / "model" / "m.pt", tmp_path / "model" / "m_refine.pt"
     stage1_path.parent.mkdir()
     torch.save({"model": stage1.state_dict()}, stage1_path)
-    return MIDeepSegRefinementTrain(2, str(stage1_path), str(publish), str(tmp_path / "work")), stage1, publish
+    task = MIDeepSegRefinementTrain(dimension, str(stage1_path), str(publish), str(tmp_path / "work"))
+    return task, stage1, publish
 
 
 def test_the_refinement_train_task_trains_on_the_datastore_labels_and_publishes(tmp_path):
@@ -153,6 +155,17 @@ def test_the_refinement_train_task_trains_on_the_datastore_labels_and_publishes(
     midepseg_unet(2, REFINEMENT_IN_CHANNELS).load_state_dict(published["model"])
     assert not list(publish.parent.glob("*.tmp")) and not list(publish.parent.glob(".*.tmp"))
     assert set(task.stats()["val"][-1]) == {"0", "1", "3", "5"}  # the run's curves, as JSON
+
+
+def test_the_refinement_train_task_trains_a_3d_refinement(tmp_path):
+    """3D (a model run with ``--conf refinement learned``): with no refinement published, a run
+    starts from the stage-1 weights, on the stage-1 grid, and publishes a loadable network."""
+    task, _, publish = _refinement_task(tmp_path, dimension=3)
+    result = task({"minutes": 0.02, "batch_size": 1, "max_rounds": 1}, _disk_datastore(tmp_path, dimension=3))
+    assert result["published"] == str(publish) and result["steps"] >= 1
+    checkpoint = torch.load(publish, weights_only=True)
+    assert checkpoint["grid"] == [96, 96, 64]
+    midepseg_unet(3, REFINEMENT_IN_CHANNELS).load_state_dict(checkpoint["model"])
 
 
 @pytest.mark.parametrize("after, published", [(0.55, False), (0.65, True)])
