@@ -9,7 +9,8 @@ from monailabel.interfaces.config import TaskConfig
 from monailabel.utils.others.generic import strtobool
 
 from lib.infers.budget import DEFAULT_BUDGET_S
-from lib.infers.midepseg_infer import DEFAULT_REFINEMENT, REFINEMENTS, MIDeepSegInfer, RefinementOptions
+from lib.infers.midepseg_infer import (DEFAULT_REFINEMENT, REFINEMENTS, MIDeepSegInfer, RefinementOptions,
+                                      refinement_weights_path)
 from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet
 from lib.trainers.midepseg_train import MIDeepSegTrain
 from lib.trainers.refinement_task import MIDeepSegRefinementTrain
@@ -98,7 +99,7 @@ class MIDeepSegConfig(TaskConfig):
             cue=self.conf.get("cue", "egd"),
             refinement=self.conf.get("refinement"),
             refinement_options={
-                **self.refinement_defaults.get(self.conf.get("refinement") or DEFAULT_REFINEMENT[self.dimension], {}),
+                **self.refinement_defaults.get(self.refinement(), {}),
                 **refinement_options(self.conf),
             },
             refinement_path=self.refinement_model_path(),
@@ -129,7 +130,7 @@ class MIDeepSegConfig(TaskConfig):
         return MIDeepSegRefinementTrain(
             dimension=self.dimension,
             stage1_path=self.path,
-            publish_path=self.refinement_model_path() or self.path.replace(".pt", "_refine.pt"),
+            publish_path=self.refinement_model_path() or refinement_weights_path(self.path),
             work_dir=os.path.join(self.model_dir, f"train_{self.name}_refine"),
         )
 

@@ -74,20 +74,23 @@ def _union_box(a: np.ndarray, b: np.ndarray, pad: int = 2) -> tuple[slice, ...]:
     return tuple(slice(int(x), int(y)) for x, y in zip(lo, hi))
 
 
-def evaluate(mask: np.ndarray, reference: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
+def evaluate(mask: np.ndarray, reference: np.ndarray, spacing: np.ndarray,
+             box: tuple[slice, ...] | None = None) -> tuple[float, float]:
     """``(Dice, ASSD)``, computed on the bounding box of both masks (same values as on the
-    whole image, much faster on large volumes)."""
+    whole image, much faster on large volumes); ``box``: that box when already known."""
     m, r = np.asarray(mask) > 0, np.asarray(reference) > 0
-    box = _union_box(m, r)
+    box = _union_box(m, r) if box is None else box
     return dice(m[box], r[box]), assd(m[box], r[box], spacing)
 
 
-def robot_click(mask: np.ndarray, reference: np.ndarray, spacing: np.ndarray, clicked: np.ndarray):
-    """:func:`corrective_click` evaluated on the bounding box of both masks grown by 2 voxels:
-    every error voxel lies inside and no error region touches the box's own faces (unless it
-    touches the image's), so the click is the one the whole image gives."""
+def robot_click(mask: np.ndarray, reference: np.ndarray, spacing: np.ndarray, clicked: np.ndarray,
+                box: tuple[slice, ...] | None = None):
+    """:func:`corrective_click` evaluated on the bounding box of both masks grown by 2 voxels
+    (``box``: that box when already known): every error voxel lies inside and no error region
+    touches the box's own faces (unless it touches the image's), so the click is the one the
+    whole image gives."""
     m, r = np.asarray(mask) > 0, np.asarray(reference) > 0
-    box = _union_box(m, r)
+    box = _union_box(m, r) if box is None else box
     lo = np.asarray([s.start for s in box], dtype=np.int64)
     hi = np.asarray([s.stop for s in box], dtype=np.int64)
     pts = np.asarray(clicked, dtype=np.int64).reshape(-1, r.ndim)
@@ -181,10 +184,11 @@ def run_protocol(
             result.latency.append(time.perf_counter() - start)
             if mask.shape != ref.shape:
                 raise RuntimeError(f"{method.name}: result shape {mask.shape} differs from the image's {ref.shape}")
-            d, a = evaluate(mask, ref, sp)
+            box = _union_box(mask > 0, ref)  # of the result and the reference: metrics and robot
+            d, a = evaluate(mask, ref, sp, box)
             if pointed is not None:
-                box, region = pointed
-                result.fixed.append(fixed_share(region, mask[box], ref[box]))
+                pointed_box, region = pointed
+                result.fixed.append(fixed_share(region, mask[pointed_box], ref[pointed_box]))
             result.dice.append(d)
             result.assd.append(a)
             last_mask = mask.astype(np.uint8)
@@ -192,12 +196,11 @@ def run_protocol(
                 result.masks[k] = last_mask
             if k == cap:
                 break
-            click = robot_click(mask, ref, sp, np.concatenate([margin, fg, bg]))
+            click = robot_click(mask, ref, sp, np.concatenate([margin, fg, bg]), box)
             if click is None:
                 result.stopped_early = True
                 break
             point, is_fg = click
-            box = _union_box(mask > 0, ref)
             local = point - np.asarray([s.start for s in box])
             pointed = box, pointed_error_region(mask[box], ref[box], local, is_fg)
             result.clicks.append({"point": [int(v) for v in point], "foreground": bool(is_fg)})

@@ -1047,6 +1047,13 @@ class _Refinement:
         return data
 
 
+def refinement_weights_path(stage1_path: str) -> str:
+    """Where the learned refinement of the stage-1 weights ``<model>.pt`` lives by default:
+    ``<model>_refine.pt`` beside them."""
+    root, ext = os.path.splitext(stage1_path)
+    return f"{root}_refine{ext}"
+
+
 class _LearnedProposal:
     """Foreground probabilities of the learned refinement U-Net for a batch of states: the
     stage-1 crop plus the EGDs of the state's clicks and its previous mask
@@ -1060,7 +1067,7 @@ class _LearnedProposal:
         self.task = task
         self._cues = LRUCache(256)
         base = task.path[0] if isinstance(task.path, (list, tuple)) and task.path else task.path
-        self.path = path or (str(base).replace(".pt", "_refine.pt") if base else None)
+        self.path = path or (refinement_weights_path(str(base)) if base else None)
         self._network: torch.nn.Module | None = None
         self._loaded: tuple | None = None  # (device, weights file mtime) of the network held
         self.grid: tuple[int, ...] = task.network_grid()

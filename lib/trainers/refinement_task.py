@@ -29,8 +29,8 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.trainers.handlers import save_atomic
-from lib.trainers.midepseg_train import IMAGE_SUBJECT_PATTERN, group_partition
-from lib.trainers.refinement_train import VAL_CLICKS, load_objects, train
+from lib.trainers.midepseg_train import IMAGE_SUBJECT_PATTERN
+from lib.trainers.refinement_train import VAL_CLICKS, split_objects, train
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +103,13 @@ class MIDeepSegRefinementTrain(TrainTask):
         datalist = sorted(datastore.datalist(), key=lambda d: str(d["image"]))
         if not datalist:
             raise ValueError("no labelled image in the datastore: save final labels first")
-        train_list, val_list = group_partition(datalist, opts["val_split"], IMAGE_SUBJECT_PATTERN, opts["seed"])
-        objects = load_objects([(d["image"], d["label"]) for d in train_list], self.dimension)
+        objects, val_objects = split_objects(datalist, self.dimension, opts["val_split"], IMAGE_SUBJECT_PATTERN, opts["seed"])
         if not objects:
-            raise ValueError(f"none of the {len(train_list)} labelled training images holds a {self.dimension}D object")
-        val_objects = load_objects([(d["image"], d["label"]) for d in val_list], self.dimension)
+            raise ValueError(f"none of the {len(datalist)} labelled images holds a {self.dimension}D object for training")
         if not val_objects:
             logger.warning("no validation image: the checkpoint is chosen on the %d training objects", len(objects))
             val_objects = objects
         resume = self.publish_path if os.path.isfile(self.publish_path) else None
-        grid = torch.load(resume, map_location="cpu", weights_only=True).get("grid") if resume else None
         os.makedirs(self.work_dir, exist_ok=True)
         checkpoint = self._checkpoint()
         if os.path.exists(checkpoint):
@@ -121,7 +118,7 @@ class MIDeepSegRefinementTrain(TrainTask):
                     len(objects), len(val_objects), opts["minutes"], resume or "the stage-1 weights")
         curves = train(objects, val_objects, self.dimension, self.stage1_path, checkpoint, opts["minutes"],
                        opts["batch_size"], opts["lr"], opts["max_rounds"], opts["jitter"], opts["val_every"],
-                       opts["seed"], resume=resume, grid=grid, precision=opts["precision"], validate_start=resume is not None)
+                       opts["seed"], resume=resume, precision=opts["precision"], validate_start=resume is not None)
         scores = [float(np.mean([v[k] for k in VAL_CLICKS])) for v in curves["val"]]
         result = {"steps": curves["steps"], "training_objects": len(objects), "validation_objects": len(val_objects),
                   "start_validation_dice": scores[0] if resume and scores else None,

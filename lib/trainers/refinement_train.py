@@ -119,6 +119,15 @@ def load_objects(pairs: Sequence[tuple[str, str]], dim: int) -> list[TrainObject
     return objects
 
 
+def split_objects(datalist: Sequence[dict], dim: int, val_fraction: float, pattern: str,
+                  seed: int = 0) -> tuple[list[TrainObject], list[TrainObject]]:
+    """``(training, validation)`` objects of a datalist (``{"image", "label"}`` paths), split by
+    subject (:func:`group_partition` with ``pattern``) and loaded with :func:`load_objects`."""
+    train_list, val_list = group_partition(datalist, val_fraction, pattern, seed)
+    pairs = [[(d["image"], d["label"]) for d in items] for items in (train_list, val_list)]
+    return load_objects(pairs[0], dim), load_objects(pairs[1], dim)
+
+
 def _zscore(image: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance: MONAI's ``NormalizeIntensity``, as stage 1 normalises its crop."""
     return np.asarray(NormalizeIntensity()(image), dtype=np.float32)
@@ -268,8 +277,8 @@ def train(
     """Train for ``minutes`` of wall time; returns the curves (also written beside ``out_path``)
     and ``weights_sha256``, the digest of the final weights.
     ``resume``: start from these refinement weights instead of the stage-1 ones; ``grid``:
-    the network grid (default: the stage-1 one); ``precision``: ``float32`` or
-    ``bfloat16`` (CPU autocast of the forward passes); ``launch``: this process's rank of
+    the network grid (default: the grid the ``resume`` file records, else the default stage-1
+    grid); ``precision``: ``float32`` or ``bfloat16`` (CPU autocast of the forward passes); ``launch``: this process's rank of
     a torchrun job whose process group is initialised (``None``: one process); ``click_kinds``:
     one of :data:`CLICK_KINDS` (module doc); ``validate_start``: validate the starting weights
     first (step 0) and save only weights that beat them, so that a run which makes nothing
@@ -278,7 +287,8 @@ def train(
     rank = launch.rank if launch else 0
     rng = np.random.RandomState(seed + rank)
     torch.manual_seed(seed)
-    size = tuple(grid or DEFAULT_SPATIAL_SIZE[dim])
+    resumed = torch.load(resume, map_location="cpu", weights_only=True) if resume else {}
+    size = tuple(grid or resumed.get("grid") or DEFAULT_SPATIAL_SIZE[dim])
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
     if click_kinds not in CLICK_KINDS:
@@ -292,7 +302,7 @@ def train(
     stage1.eval()
     net = refinement_from_stage1(state, dim)
     if resume:
-        net.load_state_dict(torch.load(resume, map_location="cpu", weights_only=True)["model"])
+        net.load_state_dict(resumed["model"])
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     # ``model`` takes the gradient steps (all-reducing under DDP); ``net`` is the network itself.
@@ -400,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", type=Path, help="continue from these refinement weights")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grid", type=int, nargs="+", help="network grid (default: the stage-1 grid)")
+    parser.add_argument("--grid", type=int, nargs="+", help="network grid (default: the --resume file's, else the stage-1 grid)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--click-kinds", choices=CLICK_KINDS, default="both",
                         help="one: each crop's clicks of one kind (the states proposed with contest nearest)")
@@ -419,9 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     stage1 = args.stage1 or Path(__file__).resolve().parents[2] / "apps" / "midepseg" / "model" / f"midepseg_{args.dim}d.pt"
     datalist = [{"image": str(p), "label": str(args.labels / p.name)} for p in sorted(args.images.iterdir())
                 if (args.labels / p.name).exists()]
-    train_list, val_list = group_partition(datalist, args.val_fraction, args.subject_pattern)
-    objects = load_objects([(d["image"], d["label"]) for d in train_list], args.dim)
-    val_objects = load_objects([(d["image"], d["label"]) for d in val_list], args.dim)
+    objects, val_objects = split_objects(datalist, args.dim, args.val_fraction, args.subject_pattern)
     logger.info("%d training and %d validation objects", len(objects), len(val_objects))
     try:
         curves = train(objects, val_objects, args.dim, str(stage1), str(args.out), args.minutes, args.batch_size,
