@@ -138,7 +138,9 @@ def test_the_refinement_train_task_trains_on_the_datastore_labels_and_publishes(
 
     store = _disk_datastore(tmp_path)
     task, _, publish = _refinement_task(tmp_path)
-    for request, labelled, message in (({"minutes": "soon"}, store, "minutes"), ({"val_split": 1.5}, store, "val_split"),
+    for request, labelled, message in (({"minutes": "soon"}, store, "^minutes: expected"), ({"minutes": 0}, store, "^minutes must"),
+                                       ({"val_split": 1.5}, store, "^val_split must"), ({"max_rounds": -1}, store, "^max_rounds must"),
+                                       ({"jitter": 2}, store, "^jitter must"), ({"precision": "fp8"}, store, "^precision must"),
                                        ({}, _Labelled([]), "no labelled image")):
         with pytest.raises(ValueError, match=message):
             task(request, labelled)

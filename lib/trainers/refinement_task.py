@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.trainers.handlers import save_atomic
-from lib.trainers.midepseg_train import IMAGE_SUBJECT_PATTERN
+from lib.trainers.midepseg_train import IMAGE_SUBJECT_PATTERN, TRAIN_PRECISIONS
 from lib.trainers.refinement_train import VAL_CLICKS, split_objects, train
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,17 @@ DEFAULTS: dict[str, Any] = {
     "val_every": 100,
     "seed": 0,
     "precision": "float32",
+}
+# What each option may be: (test, the rule in words for the error message).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "minutes": (lambda v: v > 0, "> 0"),
+    "val_split": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "max_rounds": (lambda v: v >= 0, ">= 0"),
+    "jitter": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "val_every": (lambda v: v >= 1, ">= 1"),
+    "precision": (lambda v: v in TRAIN_PRECISIONS, f"one of {', '.join(TRAIN_PRECISIONS)}"),
 }
 
 
@@ -92,8 +103,9 @@ class MIDeepSegRefinementTrain(TrainTask):
                 out[key] = type(default)(request[key])
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{key}: expected a {type(default).__name__}, got {request[key]!r}") from e
-        if out["minutes"] <= 0 or out["batch_size"] < 1 or out["val_every"] < 1 or not 0 <= out["val_split"] < 1:
-            raise ValueError("minutes must be > 0, batch_size and val_every >= 1, val_split in [0, 1)")
+        for key, (valid, allowed) in RANGES.items():
+            if not valid(out[key]):
+                raise ValueError(f"{key} must be {allowed}, got {out[key]!r}")
         return out
 
     def __call__(self, request: dict, datastore: Datastore) -> dict:

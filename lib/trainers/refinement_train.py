@@ -55,7 +55,7 @@ from lib.networks import DEFAULT_SPATIAL_SIZE, midepseg_unet, refinement_from_st
 from lib.trainers.distributed import Launch, launch_from_env, weights_digest
 from lib.trainers.handlers import save_atomic
 from lib.metrics import dice
-from lib.trainers.midepseg_train import OBJECT_CONTEXT, group_partition
+from lib.trainers.midepseg_train import OBJECT_CONTEXT, TRAIN_PRECISIONS, group_partition
 from lib.transforms.crop import crop_and_resize, points_to_crop, relaxed_box, resample
 from lib.transforms.cues import cue_map
 from lib.transforms.intensity import luminance
@@ -289,8 +289,8 @@ def train(
     torch.manual_seed(seed)
     resumed = torch.load(resume, map_location="cpu", weights_only=True) if resume else {}
     size = tuple(grid or resumed.get("grid") or DEFAULT_SPATIAL_SIZE[dim])
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {precision!r}")
     if click_kinds not in CLICK_KINDS:
         raise ValueError(f"click_kinds must be one of {CLICK_KINDS}, got {click_kinds!r}")
     def autocast() -> torch.autocast:
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, help="continue from these refinement weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", type=int, nargs="+", help="network grid (default: the --resume file's, else the stage-1 grid)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--precision", choices=TRAIN_PRECISIONS, default="float32")
     parser.add_argument("--click-kinds", choices=CLICK_KINDS, default="both",
                         help="one: each crop's clicks of one kind (the states proposed with contest nearest)")
     parser.add_argument("--rank-report", type=Path, default=None,
